@@ -1,0 +1,109 @@
+"""Module-level functions: the loop API bound to the calling OS thread's default loop.
+
+Charter: forward each call to ``get_loop()`` of the module that exposes it
+(``socketloop`` for the asymmetric loop, ``socketloop.coro`` for the
+symmetric one).  No logic of its own, so the two modules cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from ._threads import Thread
+from ._timers import TimerHandle
+
+if TYPE_CHECKING:
+    from ._asocket import AsyncSocket
+    from ._loop import Loop
+    from ._server import Server
+
+P = ParamSpec("P")
+R = TypeVar("R")
+L = TypeVar("L", bound="Loop")
+
+
+class LoopFunctions(Generic[L]):
+    """The loop methods as functions of the calling OS thread's default loop."""
+
+    def __init__(self, get_loop: Callable[[], L]) -> None:
+        self.get_loop = get_loop
+
+    def wrap(self, sock: _socket.socket) -> AsyncSocket:
+        return self.get_loop().wrap(sock)
+
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = None,
+        local_port: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncSocket:
+        return self.get_loop().connect(address, port, local_address, local_port, timeout=timeout)
+
+    def newthread(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        return self.get_loop().newthread(handler, *args, **kwargs)
+
+    def spawn(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        return self.get_loop().spawn(handler, *args, **kwargs)
+
+    def current(self) -> Thread[Any] | None:
+        return self.get_loop().current()
+
+    def suspend(self) -> Any:
+        return self.get_loop().suspend()
+
+    def resume(self, thread: Thread[Any], arg: Any = None) -> Any:
+        return self.get_loop().resume(thread, arg)
+
+    def newserver(
+        self,
+        host: str | None,
+        port: int,
+        handler: Callable[[AsyncSocket], object],
+        **options: Any,
+    ) -> Server:
+        return self.get_loop().newserver(host, port, handler, **options)
+
+    def start(self, timeout: float | None = None) -> None:
+        self.get_loop().start(timeout)
+
+    def stop(self) -> None:
+        self.get_loop().stop()
+
+    def step(self, timeout: float | None = None) -> bool:
+        return self.get_loop().step(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        self.get_loop().sleep(seconds)
+
+    def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple[Any, ...]]:
+        return self.get_loop().getaddrinfo(host, port, family, type, proto, flags)
+
+    def call_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        self.get_loop().call_soon(fn, *args)
+
+    def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
+        return self.get_loop().call_later(delay, fn, *args)
+
+
+def copy_docs(functions: object, loop_class: type) -> None:
+    """Give each forwarding function the docstring of the loop method it forwards to."""
+    for name in dir(type(functions)):
+        if name.startswith("_"):
+            continue
+        method = getattr(type(functions), name, None)
+        source = getattr(loop_class, name, None)
+        if callable(method) and source is not None and source.__doc__:
+            method.__doc__ = source.__doc__

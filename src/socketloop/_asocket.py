@@ -1,0 +1,884 @@
+"""The async socket: the ``socket.socket`` API, suspending only the calling thread.
+
+Charter
+-------
+``AsyncSocket`` wraps a ``socket.socket`` (kept at ``.socket``, switched to
+non-blocking underneath) and offers the same methods.  Every operation tries
+the system call first and waits only when it reports EAGAIN; how the wait
+happens depends on who calls:
+
+- from a loop thread: the thread is suspended through its loop
+  (``Loop._wait_fd``) and the other threads keep running;
+- from code outside any loop thread (the main program, another OS thread):
+  the call blocks like a plain socket, honouring the timeout;
+- from a loop callback (the dispatcher itself): ``RuntimeError``, because
+  blocking there would freeze every thread.
+
+Timeouts keep CPython's meaning (``settimeout``/``gettimeout`` report what the
+user set; ``sendall`` has one deadline for the whole call; ``0`` means plain
+non-blocking behaviour).  Closing follows a fixed order: mark closed, fail the
+waiters with ``OSError(EBADF)``, unregister, close the fd; and it keeps
+CPython's rule that file objects from ``makefile()`` keep the fd open.
+
+What it must not do: keep state in the loop for idle sockets (so an idle
+socket is garbage collected like a plain one), or allocate per operation on
+the fast path.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+import os
+import select
+import socket as _socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+from ._errors import BusyResourceError, SendallTimeoutError, closed_error
+from ._loop import Loop, _dispatcher_of_this_os_thread
+from ._threads import Thread
+
+__all__ = ["AsyncSocket", "open_connection"]
+
+R = TypeVar("R")
+
+_UNSET: Any = object()
+_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK})
+_CONNECTED = frozenset({0, errno.EISCONN})
+# Raw C-level attributes: the ints, without socket.socket's enum conversion,
+# which costs more than the accept() system call it accompanies.
+_RAW_FAMILY: Any = _socket.socket.family
+_RAW_TYPE: Any = _socket.socket.type
+_RAW_PROTO: Any = _socket.socket.proto
+_SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC from the type
+# io.text_encoding picks the default text encoding the way open() does (3.10+).
+_text_encoding: Any = getattr(io, "text_encoding", lambda encoding: encoding)
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` for IP addresses (``[v6]:port``), the path for Unix sockets."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        if isinstance(host, str) and ":" in host:
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    if isinstance(address, bytes):
+        return address.decode(errors="backslashreplace")
+    return str(address)
+
+
+def _connect_error(err: int, address: Any) -> OSError:
+    # OSError(errno, text) returns the matching subclass (ConnectionRefusedError, ...).
+    return OSError(err, f"{os.strerror(err)} (connecting to {format_address(address)})")
+
+
+class AsyncSocket:
+    """A socket whose blocking calls suspend only the calling loop thread.
+
+    Create one with ``loop.wrap(sock)``, ``loop.connect(...)`` or
+    ``accept()``.  It offers the ``socket.socket`` API; the wrapped socket is
+    ``.socket``.  Not thread-safe across OS threads (like a plain socket used
+    from several threads at once).  Two loop threads may not both read (or
+    both write) at the same time: the second gets ``BusyResourceError``.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_drained_turn",
+        "_io_refs",
+        "_loop",
+        "_poll_loop",
+        "_sending",
+        "_stream",
+        "_timeout",
+        "socket",
+    )
+
+    def __init__(
+        self,
+        sock: _socket.socket,
+        loop: Loop | None = None,
+        *,
+        timeout: float | None = _UNSET,
+        stream: bool | None = None,
+    ) -> None:
+        if isinstance(sock, AsyncSocket):
+            raise TypeError("the socket is already wrapped")
+        if not isinstance(sock, _socket.socket):
+            raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
+        if type(sock).__module__ == "ssl":
+            raise TypeError("wrap the plain socket, then use TLS through socketloop")
+        self.socket = sock
+        self._timeout: float | None = sock.gettimeout() if timeout is _UNSET else timeout
+        sock.setblocking(False)
+        if stream is None:
+            stream = (_RAW_TYPE.__get__(sock) & _SOCK_TYPE_MASK) == _socket.SOCK_STREAM
+        self._stream: bool = stream
+        self._loop = loop
+        self._poll_loop: Loop | None = None
+        #: The loop turn in which a read drained the socket; see recv().
+        self._drained_turn = -1
+        self._sending = False
+        self._io_refs = 0
+        self._closed = False
+
+    # ------------------------------------------------------------- waiting
+
+    def _deadline(self) -> float | None:
+        timeout = self._timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _wait(self, writing: bool, deadline: float | None) -> None:
+        """Wait until the socket may be ready in one direction (see the module charter)."""
+        g = getcurrent()
+        if isinstance(g, Thread):
+            loop = g._loop
+            if loop._closed:
+                raise RuntimeError("the loop of the calling thread is closed")
+            if self._loop is not loop:
+                self._loop = loop
+                self._drained_turn = -1
+            fd = self.socket.fileno()
+            if fd < 0:
+                raise closed_error()
+            loop._wait_fd(g, self, fd, writing, deadline)
+        else:
+            self._wait_blocking(g, writing, deadline)
+
+    def _wait_blocking(self, g: greenlet, writing: bool, deadline: float | None) -> None:
+        if g is _dispatcher_of_this_os_thread():
+            raise RuntimeError(
+                "a blocking socket call from a loop callback (timer or call_soon) would "
+                "freeze the loop; make the call from a loop thread instead"
+            )
+        fd = self.socket.fileno()
+        if fd < 0:
+            raise closed_error()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT if writing else select.POLLIN)
+        if deadline is None:
+            poller.poll()
+            return
+        remaining = max(0.0, deadline - time.monotonic())
+        if not poller.poll(math.ceil(remaining * 1000)):
+            raise TimeoutError("timed out")
+
+    def _spent(self) -> None:
+        """Count one completed operation against the thread's fairness budget."""
+        loop = self._loop
+        if loop is not None:
+            loop._budget -= 1
+            if loop._budget <= 0:
+                loop._yield_for_fairness()
+
+    def _read_op(self, op: Callable[..., R], *args: Any) -> R:
+        try:
+            result = op(*args)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        else:
+            self._spent()
+            return result
+        deadline = self._deadline()
+        while True:
+            self._wait(False, deadline)
+            try:
+                return op(*args)
+            except BlockingIOError:
+                continue
+
+    def _write_op(self, op: Callable[..., R], *args: Any) -> R:
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        try:
+            result = op(*args)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        else:
+            self._spent()
+            return result
+        deadline = self._deadline()
+        while True:
+            self._wait(True, deadline)
+            try:
+                return op(*args)
+            except BlockingIOError:
+                continue
+
+    # ------------------------------------------------------------- reading
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        """Receive up to ``bufsize`` bytes; ``b""`` at end of stream.
+
+        Suspends the calling loop thread while no data is available.
+        Raises ``TimeoutError`` per ``settimeout``, ``OSError(EBADF)`` if the
+        socket is closed (also while waiting), ``ConnectionResetError``.
+        """
+        loop = self._loop
+        # A read that returned less than asked drained the socket; until the
+        # loop polls again no new readiness can have been reported and lost,
+        # so a second attempt in the same turn would only hit EAGAIN.  (The
+        # poller is edge-triggered: a new arrival after that read is an edge
+        # the next poll reports.)
+        if loop is None or self._drained_turn != loop._turn or flags:
+            try:
+                data = self.socket.recv(bufsize, flags)
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+                return self._recv_wait(bufsize, flags)
+            if loop is not None:
+                if 0 < len(data) < bufsize and self._stream and not flags:
+                    self._drained_turn = loop._turn
+                loop._budget -= 1
+                if loop._budget <= 0:
+                    loop._yield_for_fairness()
+            return data
+        if self._timeout == 0.0:
+            return self.socket.recv(bufsize, flags)
+        return self._recv_wait(bufsize, flags)
+
+    def _recv_wait(self, bufsize: int, flags: int) -> bytes:
+        deadline = self._deadline()
+        while True:
+            self._wait(False, deadline)
+            try:
+                data = self.socket.recv(bufsize, flags)
+            except BlockingIOError:
+                continue
+            loop = self._loop
+            if loop is not None and 0 < len(data) < bufsize and self._stream and not flags:
+                self._drained_turn = loop._turn
+            return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        """Receive into ``buffer`` (up to ``nbytes``, default its size); return the count."""
+        loop = self._loop
+        if loop is None or self._drained_turn != loop._turn or flags:
+            try:
+                count = self.socket.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+                return self._recv_into_wait(buffer, nbytes, flags)
+            if loop is not None:
+                # len() of a non-byte buffer counts items, so this under-claims: safe.
+                if 0 < count < (nbytes or len(buffer)) and self._stream and not flags:
+                    self._drained_turn = loop._turn
+                loop._budget -= 1
+                if loop._budget <= 0:
+                    loop._yield_for_fairness()
+            return count
+        if self._timeout == 0.0:
+            return self.socket.recv_into(buffer, nbytes, flags)
+        return self._recv_into_wait(buffer, nbytes, flags)
+
+    def _recv_into_wait(self, buffer: Any, nbytes: int, flags: int) -> int:
+        deadline = self._deadline()
+        while True:
+            self._wait(False, deadline)
+            try:
+                count = self.socket.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                continue
+            loop = self._loop
+            if loop is not None and 0 < count < (nbytes or len(buffer)) and self._stream:
+                self._drained_turn = loop._turn if not flags else self._drained_turn
+            return count
+
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        """Receive a datagram (or stream data) and the sender's address."""
+        return self._read_op(self.socket.recvfrom, bufsize, flags)
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> tuple[int, Any]:
+        """Receive into ``buffer``; return ``(count, address)``."""
+        return self._read_op(self.socket.recvfrom_into, buffer, nbytes, flags)
+
+    def recvmsg(
+        self, bufsize: int, ancbufsize: int = 0, flags: int = 0, /
+    ) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+        """Receive data and ancillary data, like ``socket.recvmsg``."""
+        return self._read_op(self.socket.recvmsg, bufsize, ancbufsize, flags)
+
+    def recvmsg_into(
+        self, buffers: Any, ancbufsize: int = 0, flags: int = 0, /
+    ) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
+        """Scatter-receive into ``buffers``, like ``socket.recvmsg_into``."""
+        return self._read_op(self.socket.recvmsg_into, buffers, ancbufsize, flags)
+
+    # ------------------------------------------------------------- writing
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        """Send some of ``data``; return how many bytes the kernel took.
+
+        Suspends the calling loop thread while the send buffer is full.
+        Raises ``BrokenPipeError``/``ConnectionResetError`` when the peer is
+        gone (never SIGPIPE), ``TimeoutError`` per ``settimeout``.
+        """
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        try:
+            count = self.socket.send(data, flags)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        else:
+            loop = self._loop
+            if loop is not None:
+                loop._budget -= 1
+                if loop._budget <= 0:
+                    loop._yield_for_fairness()
+            return count
+        deadline = self._deadline()
+        while True:
+            self._wait(True, deadline)
+            try:
+                return self.socket.send(data, flags)
+            except BlockingIOError:
+                continue
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None:
+        """Send all of ``data``, suspending as often as needed.
+
+        The timeout is one deadline for the whole call; on expiry
+        ``SendallTimeoutError`` (a ``TimeoutError``) says how many bytes went
+        out.  A second thread calling a send method meanwhile gets
+        ``BusyResourceError``: the bytes of two calls never interleave.
+        """
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        try:
+            sent = self.socket.send(data, flags)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            sent = 0
+        if type(data) is bytes and sent == len(data):
+            loop = self._loop
+            if loop is not None:
+                loop._budget -= 1
+                if loop._budget <= 0:
+                    loop._yield_for_fairness()
+            return
+        self._sending = True
+        try:
+            self._sendall_rest(data, sent, flags)
+        finally:
+            self._sending = False
+
+    def _sendall_rest(self, data: Any, sent: int, flags: int) -> None:
+        with memoryview(data) as view, view.cast("B") as octets:
+            total = len(octets)
+            if sent >= total:
+                self._spent()
+                return
+            if self._timeout == 0.0:
+                # CPython's non-blocking sendall: send what fits, then EAGAIN.
+                while sent < total:
+                    sent += self.socket.send(octets[sent:], flags)
+                return
+            deadline = self._deadline()
+            while sent < total:
+                try:
+                    self._wait(True, deadline)
+                except TimeoutError:
+                    raise SendallTimeoutError(sent) from None
+                try:
+                    sent += self.socket.send(octets[sent:], flags)
+                except BlockingIOError:
+                    continue
+
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
+        """Send a datagram to ``address`` (``sendto(data[, flags], address)``)."""
+        if address is _UNSET:
+            return self._write_op(self.socket.sendto, data, flags_or_address)
+        return self._write_op(self.socket.sendto, data, flags_or_address, address)
+
+    def sendmsg(
+        self,
+        buffers: Any,
+        ancdata: Any = (),
+        flags: int = 0,
+        address: Any = None,
+        /,
+    ) -> int:
+        """Gather-send ``buffers`` with ancillary data, like ``socket.sendmsg``."""
+        if address is None:
+            return self._write_op(self.socket.sendmsg, buffers, ancdata, flags)
+        return self._write_op(self.socket.sendmsg, buffers, ancdata, flags, address)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send a file's contents (``os.sendfile`` where possible); return bytes sent.
+
+        Like ``socket.sendfile``: the file position is left after the last
+        byte sent; non-blocking sockets are refused with ``ValueError``.
+        """
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not self._stream:
+            raise ValueError("only SOCK_STREAM type sockets are supported")
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        if self._timeout == 0.0:
+            raise ValueError("non-blocking sockets are not supported")
+        try:
+            fileno = file.fileno()
+            size = os.fstat(fileno).st_size
+        except (AttributeError, io.UnsupportedOperation, OSError):
+            return self._sendfile_by_send(file, offset, count)
+        if not size:
+            return 0
+        if not hasattr(os, "sendfile"):  # pragma: no cover - every POSIX we run on has it
+            return self._sendfile_by_send(file, offset, count)
+        blocksize = min(count or size, 2**30)
+        total = 0
+        deadline = self._deadline()
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total, blocksize)
+                    if blocksize <= 0:
+                        break
+                try:
+                    fd = self.socket.fileno()
+                    if fd < 0:
+                        raise closed_error()
+                    sent = os.sendfile(fd, fileno, offset, blocksize)
+                except BlockingIOError:
+                    self._wait(True, deadline)
+                    continue
+                if sent == 0:
+                    break
+                offset += sent
+                total += sent
+            return total
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset)
+
+    def _sendfile_by_send(self, file: Any, offset: int, count: int | None) -> int:
+        if offset and hasattr(file, "seek"):
+            file.seek(offset)
+        blocksize = min(count, 8192) if count else 8192
+        total = 0
+        while True:
+            if count:
+                blocksize = min(count - total, blocksize)
+                if blocksize <= 0:
+                    break
+            data = file.read(blocksize)
+            if not data:
+                break
+            self.sendall(data)
+            total += len(data)
+        return total
+
+    # ------------------------------------------------- connecting, accepting
+
+    def accept(self) -> tuple[AsyncSocket, Any]:
+        """Accept a connection; return ``(AsyncSocket, address)``.
+
+        Suspends the calling loop thread until a client connects.  The new
+        socket gets the default timeout (``socket.getdefaulttimeout()``).
+        """
+        raw = self.socket
+        try:
+            fd, address = raw._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            fd, address = self._read_op(raw._accept)  # type: ignore[attr-defined]
+        else:
+            self._spent()
+        return self._adopt(fd), address
+
+    def _adopt(self, fd: int) -> AsyncSocket:
+        """Wrap a freshly accepted fd, skipping the probes ``socket()`` would make."""
+        raw = self.socket
+        sock = _socket.socket(
+            _RAW_FAMILY.__get__(raw), _RAW_TYPE.__get__(raw), _RAW_PROTO.__get__(raw), fd
+        )
+        return AsyncSocket(
+            sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
+        )
+
+    def connect(self, address: Any, /) -> None:
+        """Connect to ``address``; suspends the calling loop thread until done.
+
+        Raises ``ConnectionRefusedError`` & co. with the address in the
+        message, ``TimeoutError`` per ``settimeout`` (the socket stays open, as
+        with CPython; its state is undefined, so close it).
+        """
+        self._connect(address, self._deadline())
+
+    def _connect(self, address: Any, deadline: float | None) -> None:
+        sock = self.socket
+        err = sock.connect_ex(address)
+        if err == 0:
+            return
+        if err not in _IN_PROGRESS:
+            raise _connect_error(err, address)
+        if self._timeout == 0.0 and deadline is None:
+            text = f"{os.strerror(err)} (connecting to {format_address(address)})"
+            raise BlockingIOError(err, text)
+        while True:
+            try:
+                self._wait(True, deadline)
+            except TimeoutError:
+                raise TimeoutError(f"timed out connecting to {format_address(address)}") from None
+            # Asking connect() again is how the kernel reports the outcome
+            # (0/EISCONN: connected; EALREADY: still going; else the error),
+            # and it stays correct after a spurious wake-up.
+            err = sock.connect_ex(address)
+            if err in _CONNECTED:
+                return
+            if err in _IN_PROGRESS:
+                continue
+            raise _connect_error(err, address)
+
+    def connect_ex(self, address: Any, /) -> int:
+        """Like ``connect`` but return an errno instead of raising ``OSError`` (0: success)."""
+        try:
+            self.connect(address)
+        except TimeoutError:
+            return errno.EAGAIN
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            return exc.errno
+        return 0
+
+    # ------------------------------------------------------------- timeouts
+
+    def settimeout(self, value: float | None, /) -> None:
+        """Set the timeout for blocking calls: None waits forever, 0 is non-blocking."""
+        if value is None:
+            self._timeout = None
+            return
+        value = float(value)
+        if math.isnan(value) or value < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        """The timeout set by the user (the OS socket is always non-blocking)."""
+        return self._timeout
+
+    @property
+    def timeout(self) -> float | None:
+        """Same as ``gettimeout()``."""
+        return self._timeout
+
+    def setblocking(self, flag: bool, /) -> None:
+        """``setblocking(True)`` is ``settimeout(None)``; ``False`` is ``settimeout(0)``."""
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        """False only in non-blocking mode (timeout 0)."""
+        return self._timeout != 0.0
+
+    # -------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Close the socket; harmless when already closed.
+
+        A thread waiting on it wakes with ``OSError(EBADF)``.  While file
+        objects from ``makefile()`` are open, the fd stays open for them.
+        """
+        self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        sock = self.socket
+        fd = sock.fileno()
+        if fd >= 0:
+            self._forget(fd)
+        sock.close()
+
+    def _forget(self, fd: int) -> None:
+        for loop in (self._loop, self._poll_loop):
+            if loop is not None and not loop._closed:
+                loop._forget_socket(self, fd)
+
+    def detach(self) -> int:
+        """Release the fd without closing it (waiters get ``OSError(EBADF)``); return it."""
+        fd = self.socket.fileno()
+        if fd >= 0:
+            self._forget(fd)
+        self._closed = True
+        return self.socket.detach()
+
+    def shutdown(self, how: int, /) -> None:
+        """Shut down one or both directions; a thread reading here sees end of stream."""
+        self.socket.shutdown(how)
+        if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
+            fd = self.socket.fileno()
+            for loop in (self._loop, self._poll_loop):
+                if loop is not None and not loop._closed:
+                    loop._wake_reader(self, fd)
+
+    def dup(self) -> AsyncSocket:
+        """A new async socket on a duplicate fd, with the same timeout."""
+        return AsyncSocket(self.socket.dup(), self._loop, timeout=self._timeout)
+
+    def _decref_socketios(self) -> None:
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed:
+            self.close()
+
+    def __enter__(self) -> AsyncSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- files
+
+    def makefile(
+        self,
+        mode: str = "r",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object over the socket (modes ``r``, ``w``, ``b`` combined).
+
+        Reads and writes suspend only the calling loop thread.  The socket's
+        fd stays open until both the socket and every such file are closed.
+        """
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
+        writing = "w" in mode
+        reading = "r" in mode or not writing
+        binary = "b" in mode
+        raw = SocketIO(self, ("r" if reading else "") + ("w" if writing else ""))
+        self._io_refs += 1
+        if buffering is None or buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if not binary:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        buffer: Any
+        if reading and writing:
+            buffer = io.BufferedRWPair(raw, raw, buffering)
+        elif reading:
+            buffer = io.BufferedReader(raw, buffering)
+        else:
+            buffer = io.BufferedWriter(raw, buffering)
+        if binary:
+            return buffer
+        text = io.TextIOWrapper(buffer, _text_encoding(encoding), errors, newline)
+        text.mode = mode  # type: ignore[misc]
+        return text
+
+    # ------------------------------------------------- plain delegation
+
+    @property
+    def family(self) -> _socket.AddressFamily:
+        return self.socket.family
+
+    @property
+    def type(self) -> _socket.SocketKind:
+        return self.socket.type
+
+    @property
+    def proto(self) -> int:
+        return self.socket.proto
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def bind(self, address: Any, /) -> None:
+        self.socket.bind(address)
+
+    def listen(self, *backlog: int) -> None:
+        self.socket.listen(*backlog)
+
+    def getsockname(self) -> Any:
+        return self.socket.getsockname()
+
+    def getpeername(self) -> Any:
+        return self.socket.getpeername()
+
+    def setsockopt(self, *args: Any) -> None:
+        self.socket.setsockopt(*args)
+
+    def getsockopt(self, *args: Any) -> Any:
+        return self.socket.getsockopt(*args)
+
+    def get_inheritable(self) -> bool:
+        return self.socket.get_inheritable()
+
+    def set_inheritable(self, inheritable: bool, /) -> None:
+        self.socket.set_inheritable(inheritable)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else socket.socket has (ioctl, share, sendmsg_afalg, ...).
+        if name == "socket":
+            raise AttributeError(name)
+        return getattr(self.socket, name)
+
+    def __repr__(self) -> str:
+        text = repr(self.socket)
+        prefix = "<socket.socket"
+        if text.startswith(prefix):
+            return "<socketloop.AsyncSocket" + text[len(prefix) :]
+        return f"<socketloop.AsyncSocket {text}>"
+
+
+class SocketIO(io.RawIOBase):
+    """Raw I/O over an async socket; what ``makefile()`` builds its files on."""
+
+    def __init__(self, sock: AsyncSocket, mode: str) -> None:
+        if mode not in ("r", "w", "rw", "rb", "wb", "rwb"):
+            raise ValueError(f"invalid mode: {mode!r}")
+        super().__init__()
+        self._sock: AsyncSocket | None = sock
+        if "b" not in mode:
+            mode += "b"
+        self._mode = mode
+        self._reading = "r" in mode
+        self._writing = "w" in mode
+        self._timed_out = False
+
+    def _socket(self) -> AsyncSocket:
+        sock = self._sock
+        if sock is None:
+            raise ValueError("I/O operation on closed socket file")
+        return sock
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._checkClosed()
+        if not self._reading:
+            raise io.UnsupportedOperation("File or stream is not readable.")
+        if self._timed_out:
+            # As CPython: after a timeout the buffered layer may hold a
+            # partial record, so further reads could return garbage.
+            raise OSError("cannot read from timed out object")
+        try:
+            return self._socket().recv_into(buffer)
+        except TimeoutError:
+            self._timed_out = True
+            raise
+        except BlockingIOError:
+            return None
+
+    def write(self, data: Any) -> int | None:
+        self._checkClosed()
+        if not self._writing:
+            raise io.UnsupportedOperation("File or stream is not writable.")
+        try:
+            return self._socket().send(data)
+        except BlockingIOError:
+            return None
+
+    def readable(self) -> bool:
+        if self.closed:
+            raise ValueError("I/O operation on closed socket.")
+        return self._reading
+
+    def writable(self) -> bool:
+        if self.closed:
+            raise ValueError("I/O operation on closed socket.")
+        return self._writing
+
+    def seekable(self) -> bool:
+        if self.closed:
+            raise ValueError("I/O operation on closed socket.")
+        return False
+
+    def fileno(self) -> int:
+        self._checkClosed()
+        return self._socket().fileno()
+
+    @property
+    def name(self) -> int:
+        return self.fileno() if not self.closed else -1
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        sock = self._sock
+        self._sock = None
+        if sock is not None:
+            sock._decref_socketios()
+
+
+def open_connection(
+    loop: Loop,
+    address: str,
+    port: int | str,
+    local_address: str | None,
+    local_port: int | None,
+    *,
+    timeout: float | None,
+) -> AsyncSocket:
+    """The body of ``Loop.connect``: resolve, then try each address in turn."""
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    infos = loop.getaddrinfo(address, port, 0, _socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, type_, proto, _canonname, sockaddr in infos:
+        local: Any = None
+        if local_address is not None or local_port is not None:
+            try:
+                local = _local_sockaddr(loop, family, local_address, local_port)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+        sock = _socket.socket(family, type_, proto)
+        asock = AsyncSocket(sock, loop, timeout=None, stream=True)
+        try:
+            if local is not None:
+                sock.bind(local)
+            asock._connect(sockaddr, deadline)
+        except TimeoutError:
+            asock.close()
+            raise
+        except OSError as exc:
+            asock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            asock.close()
+            raise
+        asock._timeout = _socket.getdefaulttimeout()
+        return asock
+    if not errors:
+        raise OSError(f"getaddrinfo returned no addresses for {address!r}")
+    first = errors[0]
+    if len(errors) > 1 and hasattr(first, "add_note"):
+        for other in errors[1:]:
+            first.add_note(f"also tried: {other}")
+    raise first
+
+
+def _local_sockaddr(
+    loop: Loop, family: int, local_address: str | None, local_port: int | None
+) -> Any:
+    if local_address is None:
+        local_address = "::" if family == _socket.AF_INET6 else "0.0.0.0"
+    infos = loop.getaddrinfo(
+        local_address, local_port or 0, family, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
+    )
+    return infos[0][4]

@@ -1,0 +1,102 @@
+"""The symmetric-coroutine loop: same API as ``Loop`` plus ``transfer``.
+
+Charter: redefine the four thread primitives for symmetric coroutines and
+nothing else; sockets, timers and dispatch are inherited unchanged.
+
+The model (after Lua's ``coro`` module as used by socketloop):
+
+- ``transfer(thread, arg)`` passes control straight to ``thread``; the caller
+  stays suspended until someone transfers back to it or resumes it.
+- There is one *loop thread* per loop: the greenlet that ``suspend()`` and
+  every blocking socket call transfer to, and that a finishing thread hands
+  control to.  The dispatcher is the loop thread while it dispatches.
+- ``newthread`` and ``resume`` make their caller the loop thread for the
+  duration of the call, so control comes back to the caller when the thread
+  (or the chain of transfers it starts) next suspends or ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greenlet import getcurrent, greenlet
+
+from ._loop import Loop
+from ._threads import NORMAL, RUNNING, SUSPENDED, Thread
+
+__all__ = ["CoroLoop"]
+
+
+class CoroLoop(Loop):
+    """A loop whose threads are symmetric coroutines; see ``transfer``."""
+
+    symmetric = True
+
+    def __init__(self, *, poller: str | None = None) -> None:
+        super().__init__(poller=poller)
+        #: The current loop thread; None means the OS thread's root greenlet.
+        self._loop_thread: greenlet | None = None
+
+    def _loop_target(self) -> greenlet:
+        target = self._loop_thread
+        if target is None or target.dead:
+            target = self._check()
+        return target
+
+    def _park(self, thread: Thread[Any]) -> Any:
+        return self._loop_target().switch(None)
+
+    def _park_target(self, thread: Thread[Any]) -> greenlet:
+        return self._loop_target()
+
+    def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
+        current = getcurrent()
+        caller = current if isinstance(current, Thread) else None
+        saved = self._loop_thread
+        self._loop_thread = current
+        thread._resumer = current
+        thread._state = RUNNING
+        if caller is not None:
+            caller._state = NORMAL
+        try:
+            value = thread.switch(arg)
+        finally:
+            self._loop_thread = saved
+            if caller is not None and caller._state == NORMAL:
+                caller._state = RUNNING
+        if caller is not None:
+            self._deliver_pending_kill(caller)
+        return value
+
+    def _step(self, timeout: float | None) -> bool:
+        saved = self._loop_thread
+        self._loop_thread = getcurrent()
+        try:
+            return super()._step(timeout)
+        finally:
+            self._loop_thread = saved
+
+    def transfer(self, thread: Thread[Any], arg: Any = None) -> Any:
+        """Pass control directly to ``thread``; return what the next transfer here passes.
+
+        ``thread``'s pending ``transfer``/``suspend`` (or ``resume``) returns
+        ``arg``.  The caller stays suspended until a thread transfers to it or
+        it is resumed.  Raises ``RuntimeError`` for the running thread, a dead
+        one, or one waiting in an async call or scheduled by the loop.
+        """
+        self._check()
+        current = getcurrent()
+        if thread is current:
+            raise RuntimeError(f"cannot transfer to {thread!r}: it is the running thread")
+        if isinstance(thread, Thread) and thread._loop is self and thread._state == NORMAL:
+            pass  # waiting in resume()/newthread() for control to come back: allowed
+        else:
+            self._check_resumable(thread, "transfer to")
+        if isinstance(current, Thread) and current._loop is self:
+            current._state = SUSPENDED
+        thread._resumer = current
+        thread._state = RUNNING
+        value = thread.switch(arg)
+        if isinstance(current, Thread):
+            self._deliver_pending_kill(current)
+        return value

@@ -1,0 +1,1144 @@
+"""The scheduler: the one place that switches into loop threads.
+
+Charter
+-------
+A ``Loop`` owns a poller, a timer heap, a ready queue and the table of threads
+waiting on file descriptors.  ``step()`` polls once and switches into every
+thread whose wait is over; nothing else in the package decides when a thread
+runs.  The loop knows sockets only as file descriptors plus an identity used
+to tell a stale registration from a live one; the socket logic (try the
+system call first, timeouts, close protocol) lives in ``_asocket``.
+
+How a thread waits and wakes
+----------------------------
+A thread that must wait records itself in ``_readers[fd]`` or ``_writers[fd]``
+(at most one per direction: a second waiter gets ``BusyResourceError``),
+sets its state to WAITING and switches to whoever resumed it last (the Lua
+model: ``newthread``/``resume`` callers, or the dispatcher).  The dispatcher
+pops the waiter when the poller reports the fd and switches straight into it;
+there is no intermediate callback or queue on this path.  Everything that
+ends a wait other than readiness (timeout, close, kill) goes through the
+waiting thread's own ``finally`` block, so the tables never keep a thread that
+is not waiting.
+
+The loop holds no reference to idle sockets: a socket that nobody waits on can
+be garbage collected exactly like a plain one.
+
+Ordering within one ``step()``: poll, I/O wake-ups, cross-thread calls,
+expired timers, then the threads and callbacks that were ready when the step
+began (anything made ready while running waits for the next step, so a
+``sleep(0)`` loop cannot starve I/O or timers).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import signal
+import socket as _socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+from ._errors import BusyResourceError, ThreadExit, closed_error
+from ._threads import (
+    DEAD,
+    NORMAL,
+    READY,
+    RUNNING,
+    STATE_NAMES,
+    SUSPENDED,
+    WAITING,
+    Thread,
+)
+from ._timers import MAX_DELAY, TimerHandle, TimerHeap
+
+if TYPE_CHECKING:
+    from ._asocket import AsyncSocket
+    from ._server import Server
+
+__all__ = ["Loop", "get_loop"]
+
+logger = logging.getLogger("socketloop")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: How many socket operations a thread may complete without ever waiting
+#: before it is made to yield (as if it called ``sleep(0)``).  Without this
+#: a thread reading a socket that is always ready (a fast sender on
+#: loopback) would never give the loop a chance to run timers or other
+#: threads.  64 operations take well under a millisecond, and a thread that
+#: waits on I/O normally never reaches the limit, so the common path pays
+#: only a counter decrement.
+FAIRNESS_BUDGET = 64
+
+#: Longest single poller wait.  Timers further away than this simply cause a
+#: harmless extra wake-up; the cap keeps timeouts far from integer overflow
+#: in the kernel's millisecond arithmetic.
+MAX_POLL_TIMEOUT = 24 * 3600.0
+
+# Wake-up values handed to a waiting thread (anything but None is a failure).
+_TIMEOUT = object()
+_CLOSED = object()
+
+# Per OS thread: the greenlet that is currently dispatching (if any), so that a
+# blocking call made from a loop callback can be refused instead of freezing
+# the loop.
+_tls = threading.local()
+
+
+def _dispatcher_of_this_os_thread() -> greenlet | None:
+    return getattr(_tls, "dispatcher", None)
+
+
+def _is_numeric_host(host: str) -> bool:
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host.partition("%")[0])
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
+
+
+def _make_poller(name: str | None) -> Any:
+    if name is None:
+        name = "epoll" if hasattr(__import__("select"), "epoll") else "poll"
+    if name == "epoll":
+        from ._poll_epoll import EpollPoller
+
+        return EpollPoller()
+    if name == "poll":
+        from ._poll_poll import PollPoller
+
+        return PollPoller()
+    raise ValueError(f"unknown poller {name!r} (expected 'epoll' or 'poll')")
+
+
+class _Wakeup:
+    """A flag other OS threads and signal handlers raise to interrupt ``poll``.
+
+    The fd is written only when the flag goes from clear to set, so a burst of
+    cross-thread calls costs one write, and a full pipe never loses a wake-up:
+    if the write would block, the reader already has something to read.
+    """
+
+    __slots__ = ("_eventfd", "_lock", "_rsock", "_wsock", "closed", "fd", "pending")
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self._rsock: _socket.socket | None = None
+        self._wsock: _socket.socket | None = None
+        if hasattr(os, "eventfd"):
+            self._eventfd = True
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - non-Linux
+            self._eventfd = False
+            self._rsock, self._wsock = _socket.socketpair()
+            self._rsock.setblocking(False)
+            self._wsock.setblocking(False)
+            self.fd = self._rsock.fileno()
+
+    def set(self, same_os_thread: bool) -> None:
+        if self.pending:
+            return
+        self.pending = True
+        if same_os_thread:
+            # Signal handlers run between bytecodes of this OS thread, so they
+            # cannot interleave with close(); no lock (and no deadlock) needed.
+            self._write()
+        else:
+            with self._lock:
+                self._write()
+
+    def _write(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._eventfd:
+                os.eventfd_write(self.fd, 1)
+            else:  # pragma: no cover - non-Linux
+                assert self._wsock is not None
+                self._wsock.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # already readable: the flag semantics make this a success
+
+    def clear(self) -> None:
+        self.pending = False
+        try:
+            if self._eventfd:
+                os.eventfd_read(self.fd)
+            else:  # pragma: no cover - non-Linux
+                assert self._rsock is not None
+                while self._rsock.recv(4096):
+                    pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            if self._eventfd:
+                os.close(self.fd)
+            else:  # pragma: no cover - non-Linux
+                assert self._rsock is not None
+                assert self._wsock is not None
+                self._rsock.close()
+                self._wsock.close()
+
+
+class Loop:
+    """An event loop whose threads are asymmetric coroutines (resume/suspend).
+
+    Each OS thread has a default loop (``socketloop.get_loop()``) that the
+    module-level functions use; create more with ``Loop()``.  A loop is bound
+    to the OS thread that first runs or creates threads in it; using it from
+    another OS thread raises ``RuntimeError`` except through
+    ``call_soon_threadsafe`` and ``stop``.
+
+    ``poller`` selects the readiness backend: ``"epoll"`` (default on Linux)
+    or ``"poll"`` (portable, level-triggered).
+    """
+
+    #: True for the symmetric-coroutine loop (``socketloop.coro``).
+    symmetric = False
+
+    def __init__(self, *, poller: str | None = None) -> None:
+        self._poller = _make_poller(poller)
+        self._edge: bool = self._poller.edge_triggered
+        self._READ: int = self._poller.READ
+        self._WRITE: int = self._poller.WRITE
+        self._readers: dict[int, Thread[Any]] = {}
+        self._writers: dict[int, Thread[Any]] = {}
+        self._ready: collections.deque[Thread[Any]] = collections.deque()
+        self._callbacks: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._threadsafe: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._timers = TimerHeap()
+        self._threads: set[Thread[Any]] = set()
+        #: Waits on things outside the loop (OS-thread pools) that will come
+        #: back through call_soon_threadsafe: they keep start() running.
+        self._external_waits = 0
+        #: Incremented once per poll; sockets use it to know whether readiness
+        #: could have been reported (and dropped) since they last drained.
+        self._turn = 0
+        self._budget = FAIRNESS_BUDGET
+        self._closed_fds: set[int] = set()
+        self._dispatching = False
+        self._dispatcher: greenlet | None = None
+        self._polling = False
+        self._in_callback = False
+        self._running = False
+        self._stopping = False
+        self._ki_pending = False
+        self._closed = False
+        self._owner: int | None = None
+        self._root: greenlet | None = None
+        self._wakeup = _Wakeup()
+        self._poller.register(self._wakeup.fd)
+        self._poller.set_interest(self._wakeup.fd, True, False)
+
+    # ----------------------------------------------------------- housekeeping
+
+    def _check(self) -> greenlet:
+        """Refuse use of a closed loop or from a foreign OS thread; return the root greenlet."""
+        if self._closed:
+            raise RuntimeError("this loop is closed")
+        ident = threading.get_ident()
+        if self._owner != ident:
+            if self._owner is None:
+                self._owner = ident
+            else:
+                raise RuntimeError(
+                    "this loop belongs to another OS thread; use call_soon_threadsafe() to reach it"
+                )
+        root = self._root
+        if root is None:
+            root = getcurrent()
+            while root.parent is not None:
+                root = root.parent
+            self._root = root
+        return root
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has run."""
+        return self._closed
+
+    @property
+    def running(self) -> bool:
+        """True while ``start()`` is dispatching."""
+        return self._running
+
+    def __repr__(self) -> str:
+        kind = "symmetric " if self.symmetric else ""
+        state = "closed" if self._closed else ("running" if self._running else "idle")
+        return (
+            f"<{kind}{type(self).__name__} {state} threads={len(self._threads)} "
+            f"waiting_io={len(self._readers) + len(self._writers)} timers={len(self._timers)}>"
+        )
+
+    # -------------------------------------------------------------- threads
+
+    def newthread(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        """Create a thread running ``handler(*args, **kwargs)`` and run it at once.
+
+        The new thread runs until it first suspends (an async socket call
+        that would block, ``suspend()``, ``sleep()``) or ends; then
+        ``newthread`` returns it.  An exception in the handler does not
+        propagate here: it is logged and kept for ``join()``.
+        """
+        root = self._check()
+        thread: Thread[R] = Thread(self, handler, args, kwargs, root)
+        self._threads.add(thread)
+        self._resume_into(thread, None)
+        return thread
+
+    def spawn(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        """Create a thread that starts at the next dispatch; return it at once."""
+        root = self._check()
+        thread: Thread[R] = Thread(self, handler, args, kwargs, root)
+        self._threads.add(thread)
+        self._schedule(thread)
+        return thread
+
+    def current(self) -> Thread[Any] | None:
+        """The running thread of this loop, or None outside its threads."""
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            return g
+        return None
+
+    def suspend(self) -> Any:
+        """Suspend the current thread until ``resume(thread, arg)``; return ``arg``.
+
+        Raises ``RuntimeError`` outside a thread of this loop.
+        """
+        thread = self._current_or_raise("suspend()")
+        thread._state = SUSPENDED
+        return self._park(thread)
+
+    def resume(self, thread: Thread[Any], arg: Any = None) -> Any:
+        """Resume a thread suspended by ``suspend()``; ``suspend()`` returns ``arg``.
+
+        The thread runs until it suspends again (or waits, or ends); then
+        ``resume`` returns.  Raises ``RuntimeError`` for a thread that is dead,
+        running, resuming another thread, waiting in an async call (the loop
+        resumes it when that completes) or already scheduled.
+        """
+        self._check()
+        self._check_resumable(thread, "resume")
+        return self._resume_into(thread, arg)
+
+    def sleep(self, seconds: float) -> None:
+        """Suspend the current thread for ``seconds``; ``sleep(0)`` yields to ready threads.
+
+        Outside loop threads this is ``time.sleep``; inside a loop callback it
+        raises ``RuntimeError`` (it would freeze the loop).
+        """
+        g = getcurrent()
+        if not (isinstance(g, Thread) and g._loop is self):
+            self._refuse_in_dispatcher(g, "sleep()")
+            time.sleep(max(0.0, seconds))
+            return
+        if math.isnan(seconds):
+            raise ValueError("sleep length is NaN")
+        if seconds <= 0:
+            self._schedule(g)
+            self._park(g)
+            return
+        handle = self._timers.add(
+            time.monotonic() + min(seconds, MAX_DELAY), self._timer_wake, (g,)
+        )
+        g._state = WAITING
+        g._waiting_on = handle
+        try:
+            self._park(g)
+        finally:
+            handle.cancel()
+            g._waiting_on = None
+
+    def _current_or_raise(self, what: str) -> Thread[Any]:
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            return g
+        raise RuntimeError(f"{what} must be called from a thread of this loop")
+
+    def _refuse_in_dispatcher(self, g: greenlet, what: str) -> None:
+        if g is _dispatcher_of_this_os_thread():
+            raise RuntimeError(
+                f"{what} would block the whole loop: it was called from a loop callback "
+                "(timer or call_soon), not from a loop thread; start a thread for it"
+            )
+
+    def _check_resumable(self, thread: Thread[Any], verb: str) -> None:
+        if not isinstance(thread, Thread):
+            raise TypeError(f"{verb}() expects a Thread, got {type(thread).__name__}")
+        if thread._loop is not self:
+            raise RuntimeError(f"cannot {verb} {thread!r}: it belongs to another loop")
+        state = thread._state
+        if state == SUSPENDED:
+            return
+        if state == READY and thread._fn_args is not None:
+            # Spawned but not started yet: starting it now is what the caller
+            # asks for, and the scheduled start is dropped.
+            try:
+                self._ready.remove(thread)
+            except ValueError:
+                pass
+            return
+        reason = {
+            DEAD: "it is dead",
+            RUNNING: "it is the running thread",
+            NORMAL: "it is resuming another thread",
+            WAITING: "it is waiting in an async call; the loop resumes it when that completes",
+            READY: "it is already scheduled to run",
+        }.get(state, STATE_NAMES[state])
+        raise RuntimeError(f"cannot {verb} {thread!r}: {reason}")
+
+    # The four primitives the two thread models differ in.  Asymmetric: a
+    # thread hands control back to whoever resumed it last.
+
+    def _park(self, thread: Thread[Any]) -> Any:
+        """Switch away from ``thread`` (whose state the caller has set)."""
+        return thread._resumer.switch(None)
+
+    def _park_target(self, thread: Thread[Any]) -> greenlet:
+        """Where control goes when ``thread`` ends."""
+        return thread._resumer
+
+    def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
+        current = getcurrent()
+        caller = current if isinstance(current, Thread) else None
+        thread._resumer = current
+        thread._state = RUNNING
+        if caller is not None:
+            caller._state = NORMAL
+        try:
+            thread.switch(arg)
+        finally:
+            if caller is not None and caller._state == NORMAL:
+                caller._state = RUNNING
+        if caller is not None:
+            self._deliver_pending_kill(caller)
+        return None
+
+    @staticmethod
+    def _deliver_pending_kill(thread: Thread[Any]) -> None:
+        error = thread._pending_kill
+        if error is not None:
+            thread._pending_kill = None
+            raise error
+
+    def _schedule(
+        self, thread: Thread[Any], value: object = None, exc: BaseException | None = None
+    ) -> None:
+        """Make ``thread`` READY: it is switched into at the next dispatch."""
+        thread._state = READY
+        thread._wake_value = value
+        thread._wake_exc = exc
+        self._ready.append(thread)
+
+    def _timer_wake(self, thread: Thread[Any], value: object = None) -> None:
+        """Timer callback: end a wait (sleep or timeout) if it is still in progress."""
+        if thread._state == WAITING:
+            self._switch_from_dispatcher(thread, value)
+
+    def _wait_expired(self, thread: Thread[Any]) -> None:
+        if thread._state == WAITING:
+            self._switch_from_dispatcher(thread, _TIMEOUT)
+
+    def _switch_from_dispatcher(self, thread: Thread[Any], value: object) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        thread._resumer = dispatcher
+        thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
+        thread.switch(value)
+
+    def _thread_finished(self, thread: Thread[Any]) -> None:
+        """Called by a thread as its last act: mark it dead and wake its joiners."""
+        thread._state = DEAD
+        self._threads.discard(thread)
+        joiners = thread._joiners
+        if joiners:
+            thread._joiners = None
+            for joiner in joiners:
+                if joiner._state == WAITING and joiner._waiting_on is thread:
+                    self._schedule(joiner)
+        if getcurrent() is thread:
+            # Ending hands control to the park target (the last resumer, or
+            # the symmetric loop thread), which greenlet reaches via parent.
+            target = self._park_target(thread)
+            if not target.dead:
+                thread.parent = target
+
+    def _yield_for_fairness(self) -> None:
+        """A thread used up its budget of non-blocking operations: let others run."""
+        self._budget = FAIRNESS_BUDGET
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self and g._state == RUNNING:
+            self._schedule(g)
+            self._park(g)
+
+    # ------------------------------------------------------------ join, kill
+
+    def _join(self, thread: Thread[Any], timeout: float | None) -> None:
+        g = getcurrent()
+        if g is thread:
+            raise RuntimeError(f"{thread!r} cannot join itself")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        if isinstance(g, Thread) and g._loop is self:
+            joiners = thread._joiners
+            if joiners is None:
+                joiners = thread._joiners = []
+            joiners.append(g)
+            g._state = WAITING
+            g._waiting_on = thread
+            handle = (
+                None if deadline is None else self._timers.add(deadline, self._wait_expired, (g,))
+            )
+            try:
+                value = self._park(g)
+            finally:
+                g._waiting_on = None
+                if handle is not None:
+                    handle.cancel()
+                if thread._joiners is not None and g in thread._joiners:
+                    thread._joiners.remove(g)
+            if value is _TIMEOUT:
+                raise TimeoutError(f"timed out joining {thread!r}")
+            return
+        self._refuse_in_dispatcher(g, "join()")
+        while thread._state != DEAD:
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out joining {thread!r}")
+            if not self.step(remaining):
+                raise RuntimeError(
+                    f"{thread!r} can never finish: nothing in the loop is waiting on I/O "
+                    "or timers that could wake it"
+                )
+
+    def _kill(
+        self,
+        thread: Thread[Any],
+        exc: type[BaseException] | BaseException,
+        *,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        if thread._state == DEAD:
+            return
+        error = exc() if isinstance(exc, type) else exc
+        if thread._fn_args is not None:  # never started: it simply never runs
+            thread._fn_args = None
+            if thread._state == READY:
+                try:
+                    self._ready.remove(thread)
+                except ValueError:
+                    pass
+            if not isinstance(error, ThreadExit):
+                thread._exc = error
+            self._thread_finished(thread)
+            return
+        thread._kill_exc = error
+        if getcurrent() is thread:
+            raise error
+        state = thread._state
+        if state == NORMAL:
+            # It is resuming (directly or not) the caller; it gets the
+            # exception when control returns to it.  Waiting here would
+            # deadlock, so this kill never blocks.
+            thread._pending_kill = error
+            return
+        if state == RUNNING:  # pragma: no cover - only the current thread can be RUNNING
+            raise RuntimeError(f"cannot kill {thread!r}")
+        if state == READY:  # already queued: just change what it wakes up with
+            thread._wake_value = None
+            thread._wake_exc = error
+        else:
+            self._schedule(thread, None, error)
+        if block:
+            self._join(thread, timeout)
+
+    # --------------------------------------------------------------- I/O waits
+
+    def _wait_fd(
+        self,
+        thread: Thread[Any],
+        sock: AsyncSocket,
+        fd: int,
+        writing: bool,
+        deadline: float | None,
+    ) -> None:
+        """Suspend ``thread`` until ``fd`` is ready in one direction.
+
+        Raises ``TimeoutError`` at ``deadline``, ``OSError(EBADF)`` when the
+        socket is closed meanwhile, ``BusyResourceError`` when another thread
+        already waits in that direction.
+        """
+        table = self._writers if writing else self._readers
+        other = table.get(fd)
+        if other is not None:
+            self._resolve_conflict(table, fd, other, sock, writing)
+        if sock._poll_loop is not self:
+            self._register(sock, fd)
+        handle: TimerHandle | None = None
+        try:
+            table[fd] = thread
+            thread._state = WAITING
+            thread._waiting_on = sock
+            if not self._edge:
+                self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
+            if deadline is not None:
+                handle = self._timers.add(deadline, self._wait_expired, (thread,))
+            value = self._park(thread)
+        finally:
+            if table.get(fd) is thread:
+                del table[fd]
+            thread._waiting_on = None
+            if handle is not None:
+                handle.cancel()
+            if not self._edge and sock._poll_loop is self:
+                self._set_interest_quietly(fd)
+        if value is not None:
+            if value is _TIMEOUT:
+                raise TimeoutError("timed out")
+            if value is _CLOSED:
+                raise closed_error()
+
+    def _set_interest_quietly(self, fd: int) -> None:
+        try:
+            self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
+        except OSError:
+            pass  # fd already closed: the registration is gone anyway
+
+    def _resolve_conflict(
+        self,
+        table: dict[int, Thread[Any]],
+        fd: int,
+        other: Thread[Any],
+        sock: AsyncSocket,
+        writing: bool,
+    ) -> None:
+        other_sock: Any = other._waiting_on
+        if other_sock is sock or getattr(other_sock, "socket", None) is sock.socket:
+            direction = "writing to" if writing else "reading from"
+            raise BusyResourceError(
+                f"another thread ({other.name}) is already {direction} {sock!r}"
+            )
+        # The fd number belongs to a new socket now: the old one was closed
+        # behind the loop's back.  Its waiter can never be woken by readiness
+        # again, so fail it the way a close() would have.
+        del table[fd]
+        if other._state == WAITING:
+            self._schedule(other, _CLOSED)
+        if other_sock is not None and getattr(other_sock, "_poll_loop", None) is self:
+            other_sock._poll_loop = None
+
+    def _register(self, sock: AsyncSocket, fd: int) -> None:
+        previous = sock._poll_loop
+        if previous is not None and not previous._closed:
+            previous._unregister_socket(sock, fd)
+        self._poller.register(fd)
+        sock._poll_loop = self
+
+    def _unregister_socket(self, sock: AsyncSocket, fd: int) -> None:
+        if self._readers.get(fd) is not None or self._writers.get(fd) is not None:
+            waiter = self._readers.get(fd) or self._writers.get(fd)
+            if waiter is not None and waiter._waiting_on is sock:
+                raise BusyResourceError(
+                    f"{sock!r} is in use by a thread of another loop ({waiter.name})"
+                )
+        try:
+            self._poller.unregister(fd)
+        except OSError:
+            pass
+        sock._poll_loop = None
+
+    def _forget_socket(self, sock: AsyncSocket, fd: int) -> None:
+        """``sock`` is being closed: fail its waiters, then drop its registration.
+
+        Waiters get ``OSError(EBADF)`` at the next dispatch; events for ``fd``
+        already fetched in the current dispatch are discarded, so a new
+        socket that reuses the number never sees them.
+        """
+        for table in (self._readers, self._writers):
+            waiter = table.get(fd)
+            if waiter is not None and waiter._waiting_on is sock:
+                del table[fd]
+                if waiter._state == WAITING:
+                    self._schedule(waiter, _CLOSED)
+        if sock._poll_loop is self:
+            sock._poll_loop = None
+            try:
+                self._poller.unregister(fd)
+            except OSError:
+                pass
+        if self._dispatching:
+            self._closed_fds.add(fd)
+
+    def _wake_reader(self, sock: AsyncSocket, fd: int) -> None:
+        """Make the thread reading ``sock`` retry its call (after shutdown(SHUT_RD))."""
+        waiter = self._readers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock and waiter._state == WAITING:
+            del self._readers[fd]
+            self._schedule(waiter)
+
+    def _describe_wait(self, thread: Thread[Any]) -> str:
+        target = thread._waiting_on
+        if isinstance(target, TimerHandle):
+            return f"sleep (due in {target.deadline - time.monotonic():.3f}s)"
+        if isinstance(target, Thread):
+            return f"join of {target.name!r}"
+        fileno = getattr(target, "fileno", None)
+        if callable(fileno):
+            for fd, waiter in self._readers.items():
+                if waiter is thread:
+                    return f"fd {fd} (read)"
+            for fd, waiter in self._writers.items():
+                if waiter is thread:
+                    return f"fd {fd} (write)"
+        return repr(target)
+
+    # ------------------------------------------------------ sockets, servers
+
+    def wrap(self, sock: _socket.socket) -> AsyncSocket:
+        """Wrap a ``socket.socket`` into an async socket with the same API.
+
+        The original stays reachable as ``asock.socket`` (now non-blocking
+        underneath; use the wrapper).  Any family and type works: TCP, UDP,
+        Unix, IPv6.  The socket's timeout (``gettimeout()``) carries over.
+        """
+        from ._asocket import AsyncSocket
+
+        return AsyncSocket(sock, self)
+
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = None,
+        local_port: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncSocket:
+        """Open a TCP connection to ``address``:``port`` and return it wrapped.
+
+        ``address`` may be an IPv4 or IPv6 literal or a host name (every
+        address it resolves to is tried in turn).  ``local_address`` /
+        ``local_port`` bind the local end first.  ``timeout`` bounds the whole
+        call (resolution included); the returned socket has the default
+        timeout (``socket.getdefaulttimeout()``).  From a loop thread this
+        suspends only that thread; elsewhere it blocks.  Raises
+        ``ConnectionRefusedError`` & co. (naming the address), ``TimeoutError``
+        or ``socket.gaierror``.
+        """
+        from ._asocket import open_connection
+
+        return open_connection(self, address, port, local_address, local_port, timeout=timeout)
+
+    def newserver(
+        self,
+        host: str | None,
+        port: int,
+        handler: Callable[[AsyncSocket], object],
+        **options: Any,
+    ) -> Server:
+        """Listen on ``host``:``port`` and run ``handler(asock)`` on a new thread per connection.
+
+        See ``socketloop.Server`` for the options (``backlog``,
+        ``reuse_port``, ...).  ``port=0`` picks a free port (``server.port``).
+        The connection is closed when the handler returns or raises; handler
+        exceptions are logged with the peer address and never stop the server.
+        """
+        from ._server import Server
+
+        return Server.listen(self, host, port, handler, **options)
+
+    def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple[Any, ...]]:
+        """``socket.getaddrinfo`` that names the host in its ``gaierror``.
+
+        Numeric addresses never touch the resolver.
+        """
+        try:
+            return _socket.getaddrinfo(host, port, family, type, proto, flags)
+        except _socket.gaierror as exc:
+            raise _socket.gaierror(exc.errno, f"{exc.strerror} (resolving {host!r})") from None
+
+    # ---------------------------------------------------------------- running
+
+    def _has_pending(self) -> bool:
+        return bool(
+            self._ready
+            or self._readers
+            or self._writers
+            or len(self._timers)
+            or self._callbacks
+            or self._threadsafe
+            or self._external_waits
+        )
+
+    def step(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for I/O or timers and dispatch what is ready.
+
+        Returns True after dispatching, or False at once when nothing is
+        pending (no thread waits on I/O or a timer, nothing is scheduled).
+        ``KeyboardInterrupt`` and ``SystemExit`` raised in a thread propagate;
+        the loop stays usable.
+        """
+        self._check()
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
+        if self._dispatching:
+            raise RuntimeError("step()/start() cannot run inside a loop callback")
+        return self._step(timeout)
+
+    def _step(self, timeout: float | None) -> bool:
+        if not self._has_pending():
+            return False
+        if self._ready or self._callbacks or self._threadsafe or self._stopping:
+            poll_timeout: float | None = 0.0
+        else:
+            poll_timeout = timeout if timeout is None else max(0.0, timeout)
+            next_deadline = self._timers.next_deadline()
+            if next_deadline is not None:
+                until = max(0.0, next_deadline - time.monotonic())
+                if poll_timeout is None or until < poll_timeout:
+                    poll_timeout = until
+            if poll_timeout is not None and poll_timeout > MAX_POLL_TIMEOUT:
+                poll_timeout = MAX_POLL_TIMEOUT
+        me = getcurrent()
+        previous_dispatcher = _dispatcher_of_this_os_thread()
+        _tls.dispatcher = me
+        self._dispatcher = me
+        self._dispatching = True
+        try:
+            self._polling = True
+            try:
+                events = self._poller.poll(poll_timeout)
+            finally:
+                self._polling = False
+            self._turn += 1
+            if events:
+                self._dispatch_io(events, me)
+            if self._wakeup.pending:
+                self._run_threadsafe()
+            if self._timers.next_deadline() is not None:
+                self._run_timers()
+            if self._ready:
+                self._run_ready(me)
+            if self._callbacks:
+                self._run_callbacks()
+        finally:
+            self._dispatching = False
+            self._dispatcher = None
+            _tls.dispatcher = previous_dispatcher
+            if self._closed_fds:
+                self._closed_fds.clear()
+        return True
+
+    def _dispatch_io(self, events: list[tuple[int, int]], me: greenlet) -> None:
+        readers = self._readers
+        writers = self._writers
+        read_mask = self._READ
+        write_mask = self._WRITE
+        closed = self._closed_fds
+        try:
+            for fd, ev in events:
+                if closed and fd in closed:
+                    continue
+                if ev & read_mask:
+                    thread = readers.pop(fd, None)
+                    if thread is not None and thread._state == WAITING:
+                        thread._resumer = me
+                        thread._state = RUNNING
+                        self._budget = FAIRNESS_BUDGET
+                        thread.switch(None)
+                        if closed and fd in closed:
+                            continue
+                if ev & write_mask:
+                    thread = writers.pop(fd, None)
+                    if thread is not None and thread._state == WAITING:
+                        thread._resumer = me
+                        thread._state = RUNNING
+                        self._budget = FAIRNESS_BUDGET
+                        thread.switch(None)
+        except BaseException:
+            # KeyboardInterrupt/SystemExit out of a thread: the rest of this
+            # batch would be lost (edge-triggered readiness is reported once),
+            # so make every waiter that is still registered retry next time.
+            for fd, ev in events:
+                if ev & read_mask:
+                    self._requeue_waiter(readers, fd)
+                if ev & write_mask:
+                    self._requeue_waiter(writers, fd)
+            raise
+
+    def _requeue_waiter(self, table: dict[int, Thread[Any]], fd: int) -> None:
+        thread = table.get(fd)
+        if thread is not None and thread._state == WAITING:
+            del table[fd]
+            self._schedule(thread)
+
+    def _run_threadsafe(self) -> None:
+        self._wakeup.clear()
+        calls = self._threadsafe
+        for _ in range(len(calls)):
+            fn, args = calls.popleft()
+            self._call_user(fn, args)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        heap = self._timers
+        before = heap.snapshot()
+        while True:
+            handle = heap.pop_due(now, before)
+            if handle is None:
+                return
+            callback = handle._callback
+            args = handle._args
+            handle._callback = None
+            handle._args = ()
+            if callback is not None:
+                self._call_user(callback, args)
+
+    def _run_ready(self, me: greenlet) -> None:
+        ready = self._ready
+        for _ in range(len(ready)):
+            if not ready:
+                return
+            thread = ready.popleft()
+            if thread._state != READY:
+                continue
+            value = thread._wake_value
+            exc = thread._wake_exc
+            thread._wake_value = None
+            thread._wake_exc = None
+            thread._resumer = me
+            thread._state = RUNNING
+            self._budget = FAIRNESS_BUDGET
+            if exc is not None:
+                thread.throw(exc)
+            else:
+                thread.switch(value)
+
+    def _run_callbacks(self) -> None:
+        calls = self._callbacks
+        for _ in range(len(calls)):
+            if not calls:
+                return
+            fn, args = calls.popleft()
+            self._call_user(fn, args)
+
+    def _call_user(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        """The one place user callbacks run: errors are logged, never propagated."""
+        self._in_callback = True
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("callback %r raised", fn)
+        finally:
+            self._in_callback = False
+
+    def start(self, timeout: float | None = None) -> None:
+        """Dispatch until ``stop()`` or until nothing is pending.
+
+        With ``timeout``, return after at most that many seconds.  Ctrl-C
+        raises ``KeyboardInterrupt`` out of ``start()`` (whether the loop is
+        polling or a thread is running); the loop can be started again.
+        """
+        self._check()
+        if self._running:
+            raise RuntimeError("this loop is already running")
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
+        if self._dispatching:
+            raise RuntimeError("step()/start() cannot run inside a loop callback")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        self._running = True
+        self._stopping = False
+        previous_handler = self._install_sigint()
+        try:
+            while not self._stopping:
+                if deadline is None:
+                    if not self._step(None):
+                        break
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._step(remaining):
+                        break
+                if self._ki_pending:
+                    self._ki_pending = False
+                    raise KeyboardInterrupt
+        finally:
+            self._running = False
+            self._stopping = False
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if self._ki_pending:
+                self._ki_pending = False
+
+    def stop(self) -> None:
+        """Make a running ``start()`` return promptly.
+
+        Safe to call from a loop thread, a callback, a signal handler or
+        another OS thread.  A no-op when the loop is not running.
+        """
+        if not self._running:
+            return
+        self._stopping = True
+        if self._polling or threading.get_ident() != self._owner:
+            self._wakeup.set(threading.get_ident() == self._owner)
+
+    def _install_sigint(self) -> Any:
+        """Defer Ctrl-C that lands in the dispatcher's bookkeeping to a safe point."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                return None
+            return signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # pragma: no cover - not the main interpreter
+            return None
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self._polling or self._in_callback or not self._dispatching:
+            raise KeyboardInterrupt
+        if isinstance(getcurrent(), Thread):
+            raise KeyboardInterrupt
+        # In the middle of the dispatcher's own bookkeeping: raise at the end of the step.
+        self._ki_pending = True
+
+    # -------------------------------------------------------------- callbacks
+
+    def call_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Call ``fn(*args)`` from the dispatcher at the next step (FIFO).
+
+        Callbacks must not block: a socket call made from one raises
+        ``RuntimeError``.  Errors are logged.
+        """
+        self._check()
+        self._callbacks.append((fn, args))
+
+    def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
+        """Call ``fn(*args)`` after ``delay`` seconds; return a cancellable handle.
+
+        Zero or negative delays run at the next step; equal deadlines run in
+        the order they were scheduled; huge delays are clamped.
+        """
+        return self.call_at(time.monotonic() + min(max(0.0, delay), MAX_DELAY), fn, *args)
+
+    def call_at(self, when: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
+        """Call ``fn(*args)`` at ``when`` (a ``time.monotonic()`` value)."""
+        self._check()
+        return self._timers.add(when, fn, args)
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Schedule ``fn(*args)`` from any OS thread (or a signal handler).
+
+        Calls run in FIFO order in the loop's OS thread; none is lost however
+        many arrive.  After ``close()`` this is a no-op.
+        """
+        if self._closed:
+            return
+        self._threadsafe.append((fn, args))
+        self._wakeup.set(threading.get_ident() == self._owner)
+
+    # ------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Kill the remaining threads (their ``finally`` blocks run) and release the poller.
+
+        Idempotent.  Afterwards every method but ``close`` raises
+        ``RuntimeError``.  Refused while ``start()`` is running.
+        """
+        if self._closed:
+            return
+        if self._running or self._dispatching:
+            raise RuntimeError("cannot close a running loop; stop() it first")
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("a loop cannot be closed from one of its own threads")
+        for _ in range(3):
+            alive = [t for t in self._threads if t._state != DEAD]
+            if not alive:
+                break
+            for thread in alive:
+                try:
+                    self._kill(thread, ThreadExit, block=False, timeout=None)
+                except RuntimeError:
+                    pass
+            while self._ready:
+                self._step(0)
+        leftover = [t for t in self._threads if t._state != DEAD]
+        if leftover:
+            logger.warning("loop closed with threads that would not exit: %r", leftover)
+        self._closed = True
+        self._timers.clear()
+        self._ready.clear()
+        self._callbacks.clear()
+        self._threadsafe.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._wakeup.close()
+        self._poller.close()
+
+    def statistics(self) -> dict[str, Any]:
+        """Counts for monitoring and leak checks: threads by state, waits, timers."""
+        by_state: dict[str, int] = dict.fromkeys(STATE_NAMES, 0)
+        for thread in self._threads:
+            by_state[STATE_NAMES[thread._state]] += 1
+        return {
+            "threads": len(self._threads),
+            "threads_by_state": by_state,
+            "waiting_readers": len(self._readers),
+            "waiting_writers": len(self._writers),
+            "timers": len(self._timers),
+            "ready": len(self._ready),
+            "callbacks": len(self._callbacks) + len(self._threadsafe),
+            "external_waits": self._external_waits,
+        }
+
+    def threads(self) -> list[Thread[Any]]:
+        """The threads of this loop that have not ended yet."""
+        return list(self._threads)
+
+
+_defaults = threading.local()
+
+
+def get_loop() -> Loop:
+    """The calling OS thread's default (asymmetric) loop, created on first use.
+
+    A default loop that has been closed is replaced by a fresh one.
+    """
+    loop: Loop | None = getattr(_defaults, "loop", None)
+    if loop is None or loop._closed:
+        loop = _defaults.loop = Loop()
+    return loop

@@ -1,0 +1,69 @@
+"""The portable ``poll(2)`` backend: level-triggered, interest only while waiting.
+
+Charter: the fallback where epoll is missing (and a second implementation the
+test suite runs against, so the loop's logic does not secretly depend on
+edge-triggered delivery).  Interest is registered while a thread waits and
+removed when it stops, because level-triggered readiness for an fd nobody
+waits on would wake the loop forever.
+
+Cost per ``poll()`` grows with the number of fds being waited on, unlike epoll;
+that is the price of portability and the reason epoll is preferred.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+
+__all__ = ["PollPoller"]
+
+
+class PollPoller:
+    """Level-triggered ``select.poll``; ``poll`` returns ``(fd, events)`` pairs."""
+
+    edge_triggered = False
+    READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
+    WRITE = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+    __slots__ = ("_masks", "_poll")
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._masks: dict[int, int] = {}
+
+    def fileno(self) -> int:
+        return -1
+
+    def register(self, fd: int) -> None:
+        """Check that ``fd`` is open (interest itself is set per wait)."""
+        probe = select.poll()
+        probe.register(fd, select.POLLIN)
+        for _, events in probe.poll(0):
+            if events & select.POLLNVAL:
+                raise OSError(9, "Bad file descriptor")
+
+    def unregister(self, fd: int) -> None:
+        if self._masks.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def set_interest(self, fd: int, read: bool, write: bool) -> None:
+        mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
+        old = self._masks.get(fd, 0)
+        if mask == old:
+            return
+        if mask:
+            self._masks[fd] = mask
+            self._poll.register(fd, mask)
+        else:
+            del self._masks[fd]
+            self._poll.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        if timeout is None:
+            return self._poll.poll()
+        return self._poll.poll(math.ceil(timeout * 1000))
+
+    def close(self) -> None:
+        for fd in list(self._masks):
+            self._poll.unregister(fd)
+        self._masks.clear()

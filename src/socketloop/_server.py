@@ -1,0 +1,326 @@
+"""Servers: an accept thread per listening socket and a thread per connection.
+
+Charter: accept connections, start a handler thread for each, close each
+connection when its handler ends, and keep accepting whatever happens to a
+handler or to ``accept()`` itself.  Policies (what an accept error means, how
+many connections at once) live here as named constants, each with its reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as _socket
+from collections.abc import Callable
+from typing import Any
+
+from ._asocket import AsyncSocket, format_address
+from ._loop import Loop
+from ._threads import WAITING, Thread
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("socketloop")
+
+#: Listen backlog: as deep as the OS allows, so bursts wait in the kernel
+#: instead of being refused while the accept thread is busy.
+DEFAULT_BACKLOG = _socket.SOMAXCONN
+
+#: Connections accepted in a row before the accept thread yields once, so a
+#: connection storm cannot starve the connections already being served.
+DEFAULT_MAX_ACCEPT = 64
+
+#: accept() errors that concern one connection only (Linux reports pending
+#: network errors of the new connection through accept): skip it, go on.
+PER_CONNECTION_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
+
+#: accept() errors that mean "out of resources": retrying at once would spin
+#: at 100 % CPU (the listener stays readable), so accepting pauses instead.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: First pause after a resource error, doubled on each repeat up to the cap:
+#: short enough that a transient fd shortage costs little latency, long
+#: enough that a persistent one costs no CPU worth measuring.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+
+#: accept() errors that mean the listening socket itself is unusable.
+FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+
+
+class Server:
+    """A listening socket served by an accept thread; made by ``loop.newserver``.
+
+    Attributes: ``socket`` (the listening ``AsyncSocket``), ``address`` (as
+    ``getsockname()`` returns it), ``port``.  ``close()`` stops accepting at
+    once; running handlers continue.  A context manager (closes on exit).
+
+    Options: ``backlog`` (listen queue, default ``socket.SOMAXCONN``),
+    ``reuse_port`` (``SO_REUSEPORT``, for several processes serving one
+    port), ``max_accept`` (accepts in a row before yielding),
+    ``max_connections`` (stop accepting while that many handlers run; the
+    rest wait in the backlog), ``idle_timeout`` (seconds a connection may
+    wait in any single socket call before it is closed quietly).
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: AsyncSocket | _socket.socket,
+        handler: Callable[[AsyncSocket], object],
+        *,
+        max_accept: int = DEFAULT_MAX_ACCEPT,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        if not isinstance(sock, AsyncSocket):
+            sock = AsyncSocket(sock, loop, timeout=None)
+        if max_accept < 1:
+            raise ValueError("max_accept must be at least 1")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._loop = loop
+        self.socket = sock
+        self.address: Any = sock.getsockname()
+        self._handler = handler
+        self.max_accept = max_accept
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self._closed = False
+        self._connections: set[AsyncSocket] = set()
+        self._accepted = 0
+        self._errors = 0
+        self._handler_errors = 0
+        self._backoff = 0.0
+        self._slot_waiter: Thread[Any] | None = None
+        self._thread = loop.newthread(self._accept_loop)
+        self._thread.name = f"server {format_address(self.address)}"
+
+    @classmethod
+    def listen(
+        cls,
+        loop: Loop,
+        host: str | None,
+        port: int,
+        handler: Callable[[AsyncSocket], object],
+        *,
+        backlog: int | None = None,
+        reuse_port: bool = False,
+        family: int = 0,
+        **options: Any,
+    ) -> Server:
+        """Bind ``host``:``port`` (``None``/``""``: every interface, dual-stack) and serve."""
+        infos = loop.getaddrinfo(
+            host or None, port, family, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
+        )
+        if not host and _socket.has_ipv6:
+            infos.sort(key=lambda info: info[0] != _socket.AF_INET6)
+        family, type_, proto, _canonname, sockaddr = infos[0]
+        sock = _socket.socket(family, type_, proto)
+        try:
+            if hasattr(_socket, "SO_REUSEADDR"):
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+            if family == _socket.AF_INET6 and not host:
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"{exc.strerror} (binding {format_address(sockaddr)})"
+                ) from None
+            sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(loop, AsyncSocket(sock, loop, timeout=None), handler, **options)
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after ``port=0``)."""
+        address = self.address
+        return int(address[1]) if isinstance(address, tuple) else 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop accepting at once (new connects are refused); handlers keep running.
+
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.socket.close()
+        waiter = self._slot_waiter
+        if waiter is not None and waiter._state == WAITING:
+            self._slot_waiter = None
+            self._loop._schedule(waiter)
+
+    def connections(self) -> list[AsyncSocket]:
+        """The connections whose handlers are running."""
+        return list(self._connections)
+
+    def statistics(self) -> dict[str, int]:
+        """``active`` connections, ``accepted`` so far, ``errors`` (accept and handler)."""
+        return {
+            "active": len(self._connections),
+            "accepted": self._accepted,
+            "accept_errors": self._errors,
+            "handler_errors": self._handler_errors,
+        }
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving"
+        return (
+            f"<socketloop.Server {format_address(self.address)} {state} "
+            f"active={len(self._connections)}>"
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _accept_loop(self) -> None:
+        lsock = self.socket
+        raw: Any = lsock.socket
+        loop = self._loop
+        streak = 0
+        while not self._closed:
+            if self.max_connections is not None and len(self._connections) >= self.max_connections:
+                self._wait_for_slot()
+                continue
+            try:
+                fd, address = raw._accept()
+            except BlockingIOError:
+                streak = 0
+                try:
+                    lsock._wait(False, None)
+                except OSError:
+                    if self._closed:
+                        return
+                    raise
+                continue
+            except OSError as exc:
+                if not self._accept_failed(exc):
+                    return
+                continue
+            self._backoff = 0.0
+            self._accepted += 1
+            try:
+                conn = lsock._adopt(fd)
+            except OSError as exc:  # the fd could not be made non-blocking: drop it
+                _socket.close(fd)
+                logger.debug("dropping connection from %s: %s", format_address(address), exc)
+                continue
+            self._connections.add(conn)
+            loop.newthread(self._serve, conn, address)
+            streak += 1
+            if streak >= self.max_accept:
+                streak = 0
+                loop.sleep(0)
+
+    def _wait_for_slot(self) -> None:
+        thread = self._loop.current()
+        assert thread is not None
+        self._slot_waiter = thread
+        thread._state = WAITING
+        thread._waiting_on = "a free connection slot"
+        try:
+            self._loop._park(thread)
+        finally:
+            thread._waiting_on = None
+            if self._slot_waiter is thread:
+                self._slot_waiter = None
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """Apply the accept error policy; return False to end the accept loop."""
+        if self._closed:
+            return False
+        self._errors += 1
+        code = exc.errno
+        if code in PER_CONNECTION_ERRNOS:
+            logger.debug("accept on %s: %s (skipped)", format_address(self.address), exc)
+            return True
+        if code in RESOURCE_ERRNOS:
+            if self._backoff == 0.0:
+                # Once per burst: the back-off below keeps a persistent
+                # shortage from turning into a log flood.
+                logger.warning(
+                    "accept on %s: %s; pausing accepts (%.0f ms, doubling up to %.0f s)",
+                    format_address(self.address),
+                    exc,
+                    ACCEPT_BACKOFF_MIN * 1000,
+                    ACCEPT_BACKOFF_MAX,
+                )
+                self._backoff = ACCEPT_BACKOFF_MIN
+            else:
+                self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+            self._loop.sleep(self._backoff)
+            return True
+        if code in FATAL_ERRNOS:
+            logger.error(
+                "accept on %s failed: %s; closing the server", format_address(self.address), exc
+            )
+        else:
+            logger.error(
+                "accept on %s failed unexpectedly; closing the server",
+                format_address(self.address),
+                exc_info=exc,
+            )
+        self.close()
+        return False
+
+    def _serve(self, conn: AsyncSocket, address: Any) -> None:
+        thread = self._loop.current()
+        if thread is not None:
+            thread._name = f"connection from {format_address(address)}"
+        if self.idle_timeout is not None:
+            conn.settimeout(self.idle_timeout)
+        try:
+            self._handler(conn)
+        except TimeoutError:
+            if self.idle_timeout is None:
+                self._handler_errors += 1
+                logger.error("handler for %s raised", format_address(address), exc_info=True)
+            else:
+                logger.info("closing idle connection from %s", format_address(address))
+        except ConnectionError as exc:
+            # Resets and broken pipes are the peer's doing and routine for a
+            # server: one line, no traceback.
+            logger.info("connection from %s ended: %s", format_address(address), exc)
+        except Exception:
+            self._handler_errors += 1
+            logger.error("handler for %s raised", format_address(address), exc_info=True)
+        finally:
+            conn.close()
+            self._connections.discard(conn)
+            waiter = self._slot_waiter
+            if waiter is not None and waiter._state == WAITING:
+                self._slot_waiter = None
+                self._loop._schedule(waiter)

@@ -1,0 +1,211 @@
+"""Loop threads: stackful coroutines (greenlets) and their state machine.
+
+Charter: a ``Thread`` runs one handler on its own stack, records how it ended
+(result or exception) and who waits for that, and knows its state.  It does
+not schedule itself: every switch into a thread is made by the loop (dispatch,
+``resume``, ``transfer``, ``newthread``), which is why the state transitions
+below are written by the loop and only read here.
+
+States::
+
+    NEW ──start──> RUNNING ──suspend()──> SUSPENDED ──resume()/transfer()──> RUNNING
+                     │  ^                                                         │
+          I/O, sleep,│  │woken by the loop        resume()/newthread() of another │
+             join... v  │                         thread: NORMAL until it returns v
+                   WAITING ──ready──> READY (scheduled for the next dispatch)
+                     any state ──handler returns or raises──> DEAD
+
+A ``Thread`` *is* its greenlet (a subclass), so ``greenlet.getcurrent()``
+answers ``current()`` without a lookup table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import reprlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from greenlet import GreenletExit, greenlet
+
+from ._errors import ThreadExit
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+__all__ = ["Thread"]
+
+logger = logging.getLogger("socketloop")
+
+T = TypeVar("T")
+
+# States.  Small ints so the hot path compares cheaply; names for repr.
+NEW = 0
+READY = 1
+RUNNING = 2
+NORMAL = 3
+SUSPENDED = 4
+WAITING = 5
+DEAD = 6
+STATE_NAMES = ("new", "ready", "running", "normal", "suspended", "waiting", "dead")
+
+_counter = itertools.count(1)
+
+
+class Thread(greenlet, Generic[T]):
+    """A loop thread running ``handler(*args, **kwargs)``.
+
+    Create threads with ``loop.newthread`` (runs at once until it first
+    suspends) or ``loop.spawn`` (starts at the next dispatch), never directly.
+    Attributes: ``name`` (settable), ``loop``; methods: ``is_alive``,
+    ``join``, ``kill``.  Threads are not thread-safe: use them from the OS
+    thread that runs their loop.
+    """
+
+    __slots__ = (
+        "_exc",
+        "_fn_args",
+        "_joiners",
+        "_kill_exc",
+        "_loop",
+        "_name",
+        "_pending_kill",
+        "_result",
+        "_resumer",
+        "_state",
+        "_waiting_on",
+        "_wake_exc",
+        "_wake_value",
+    )
+
+    def __init__(
+        self,
+        loop: Loop,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent: greenlet,
+    ) -> None:
+        super().__init__(None, parent)
+        self._loop = loop
+        self._fn_args: tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]] | None = (
+            fn,
+            args,
+            kwargs,
+        )
+        #: Names are made on first use: most threads are never asked for one.
+        self._name: str | tuple[int, Callable[..., Any]] = (next(_counter), fn)
+        self._state = NEW
+        self._resumer: greenlet = parent
+        self._result: T | None = None
+        self._exc: BaseException | None = None
+        self._joiners: list[Thread[Any]] | None = None
+        #: What a WAITING thread waits on (a socket, a primitive, a description).
+        self._waiting_on: object = None
+        #: Value or exception delivered when a READY thread is switched into.
+        self._wake_value: object = None
+        self._wake_exc: BaseException | None = None
+        #: The exception a kill() delivered (so its arrival is not logged as a crash).
+        self._kill_exc: BaseException | None = None
+        #: A kill() aimed at this thread while it was resuming another one.
+        self._pending_kill: BaseException | None = None
+
+    # greenlet's truth value means "started and not dead"; a Thread object is
+    # always truthy, like any other handle.
+    def __bool__(self) -> bool:
+        return True
+
+    def run(self, *_switch_args: object) -> None:  # greenlet calls this on the first switch in
+        fn_args = self._fn_args
+        if fn_args is None:  # killed before it started
+            return
+        self._fn_args = None
+        fn, args, kwargs = fn_args
+        try:
+            self._result = fn(*args, **kwargs)
+        except (ThreadExit, GreenletExit):
+            pass  # killed: not an error, not logged; join() returns None
+        except BaseException as exc:
+            self._exc = exc
+            if exc is self._kill_exc:
+                pass  # killed with a custom exception: join() re-raises it, no log
+            elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # These belong to the program, not the thread: end the thread
+                # and let them propagate to whoever switched into it last
+                # (the dispatcher, or the caller of newthread/resume).
+                self._loop._thread_finished(self)
+                raise
+            logger.error("%s raised %s", self.name, type(exc).__name__, exc_info=exc)
+        self._loop._thread_finished(self)
+
+    # ---------------------------------------------------------------- public
+
+    @property
+    def name(self) -> str:
+        """A readable name: ``Thread-N (handler)`` unless set."""
+        name = self._name
+        if isinstance(name, tuple):
+            number, fn = name
+            fn_name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+            name = f"Thread-{number} ({fn_name})" if fn_name else f"Thread-{number}"
+            self._name = name
+        return name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = str(value)
+
+    @property
+    def loop(self) -> Loop:
+        """The loop this thread belongs to."""
+        return self._loop
+
+    @property
+    def state(self) -> str:
+        """One of new, ready, running, normal, suspended, waiting, dead."""
+        return STATE_NAMES[self._state]
+
+    def is_alive(self) -> bool:
+        """True until the handler has returned or raised."""
+        return self._state != DEAD
+
+    def join(self, timeout: float | None = None) -> T:
+        """Wait until the thread ends; return its result or re-raise its exception.
+
+        From a loop thread of the same loop this suspends only the caller;
+        from outside any loop thread it runs the loop until the thread ends.
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first, and
+        ``RuntimeError`` when the wait could never end (joining oneself, or
+        nothing left in the loop that could wake the thread).
+        """
+        if self._state != DEAD:
+            self._loop._join(self, timeout)
+        if self._exc is not None:
+            raise self._exc
+        return self._result  # type: ignore[return-value]
+
+    def kill(
+        self,
+        exc: type[BaseException] | BaseException = ThreadExit,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Raise ``exc`` inside the thread at its suspension point.
+
+        Its ``finally`` blocks run and whatever it waited on is released.
+        With ``block`` (the default) wait until it has ended (up to
+        ``timeout`` seconds).  Killing a dead or not yet started thread is
+        harmless; killing the running thread raises ``exc`` right here.
+        """
+        self._loop._kill(self, exc, block=block, timeout=timeout)
+
+    def __repr__(self) -> str:
+        state = STATE_NAMES[self._state]
+        detail = ""
+        if self._state == WAITING and self._waiting_on is not None:
+            detail = f" on {self._loop._describe_wait(self)}"
+        elif self._state == DEAD and self._exc is not None:
+            detail = f" with {type(self._exc).__name__}"
+        return f"<Thread {reprlib.repr(self.name)} {state}{detail}>"
