@@ -247,8 +247,7 @@ class Loop:
         self._owner: int | None = None
         self._root: greenlet | None = None
         self._wakeup = _Wakeup()
-        self._poller.register(self._wakeup.fd)
-        self._poller.set_interest(self._wakeup.fd, True, False)
+        self._poller.register_wakeup(self._wakeup.fd)
 
     # ----------------------------------------------------------- housekeeping
 

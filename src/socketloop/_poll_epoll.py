@@ -66,6 +66,10 @@ class EpollPoller:
         except FileExistsError:
             pass  # a second wrapper of the same socket; the registration is shared
 
+    def register_wakeup(self, fd: int) -> None:
+        """Watch the loop's own wake-up fd (readable only: it is always writable)."""
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+
     def unregister(self, fd: int) -> None:
         try:
             self._epoll.unregister(fd)

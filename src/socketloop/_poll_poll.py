@@ -42,6 +42,9 @@ class PollPoller:
             if events & select.POLLNVAL:
                 raise OSError(9, "Bad file descriptor")
 
+    def register_wakeup(self, fd: int) -> None:
+        self.set_interest(fd, True, False)
+
     def unregister(self, fd: int) -> None:
         if self._masks.pop(fd, None) is not None:
             self._poll.unregister(fd)
