@@ -27,10 +27,22 @@ from . import coro
 from ._api import LoopFunctions, copy_docs
 from ._asocket import AsyncSocket
 from ._coro import CoroLoop
-from ._errors import BusyResourceError, SendallTimeoutError, ThreadExit
+from ._errors import BusyResourceError, DeadlockError, SendallTimeoutError, ThreadExit
 from ._loop import Loop, get_loop
 from ._server import Server
+from ._sync import (
+    BoundedSemaphore,
+    Condition,
+    Event,
+    LifoQueue,
+    Lock,
+    PriorityQueue,
+    Queue,
+    RLock,
+    Semaphore,
+)
 from ._threads import Thread
+from ._timeouts import Timeout
 from ._timers import TimerHandle
 
 __version__ = "0.1.0"
@@ -38,48 +50,81 @@ __version__ = "0.1.0"
 _functions: LoopFunctions[Loop] = LoopFunctions(get_loop)
 copy_docs(_functions, Loop)
 
-wrap = _functions.wrap
-connect = _functions.connect
-newthread = _functions.newthread
-spawn = _functions.spawn
-current = _functions.current
-suspend = _functions.suspend
-resume = _functions.resume
-newserver = _functions.newserver
-start = _functions.start
-stop = _functions.stop
-step = _functions.step
-sleep = _functions.sleep
-getaddrinfo = _functions.getaddrinfo
-call_soon = _functions.call_soon
 call_later = _functions.call_later
+call_soon = _functions.call_soon
+call_soon_threadsafe = _functions.call_soon_threadsafe
+close = _functions.close
+connect = _functions.connect
+current = _functions.current
+dump = _functions.dump
+getaddrinfo = _functions.getaddrinfo
+move_on_after = _functions.move_on_after
+newserver = _functions.newserver
+newthread = _functions.newthread
+on_signal = _functions.on_signal
+resume = _functions.resume
+resume_threadsafe = _functions.resume_threadsafe
+run_in_thread = _functions.run_in_thread
+set_resolver = _functions.set_resolver
+sleep = _functions.sleep
+spawn = _functions.spawn
+start = _functions.start
+statistics = _functions.statistics
+step = _functions.step
+stop = _functions.stop
+suspend = _functions.suspend
+timeout = _functions.timeout
+watchdog = _functions.watchdog
+wrap = _functions.wrap
 
 __all__ = [
     "AsyncSocket",
+    "BoundedSemaphore",
     "BusyResourceError",
+    "Condition",
     "CoroLoop",
+    "DeadlockError",
+    "Event",
+    "LifoQueue",
+    "Lock",
     "Loop",
+    "PriorityQueue",
+    "Queue",
+    "RLock",
+    "Semaphore",
     "SendallTimeoutError",
     "Server",
     "Thread",
     "ThreadExit",
+    "Timeout",
     "TimerHandle",
     "__version__",
     "call_later",
     "call_soon",
+    "call_soon_threadsafe",
+    "close",
     "connect",
     "coro",
     "current",
+    "dump",
     "get_loop",
     "getaddrinfo",
+    "move_on_after",
     "newserver",
     "newthread",
+    "on_signal",
     "resume",
+    "resume_threadsafe",
+    "run_in_thread",
+    "set_resolver",
     "sleep",
     "spawn",
     "start",
+    "statistics",
     "step",
     "stop",
     "suspend",
+    "timeout",
+    "watchdog",
     "wrap",
 ]

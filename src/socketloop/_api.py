@@ -16,8 +16,9 @@ from ._timers import TimerHandle
 
 if TYPE_CHECKING:
     from ._asocket import AsyncSocket
-    from ._loop import Loop
+    from ._loop import Loop, Resolver
     from ._server import Server
+    from ._timeouts import Timeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +97,39 @@ class LoopFunctions(Generic[L]):
 
     def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
         return self.get_loop().call_later(delay, fn, *args)
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
+        self.get_loop().call_soon_threadsafe(fn, *args)
+
+    def resume_threadsafe(self, thread: Thread[Any], arg: Any = None) -> None:
+        self.get_loop().resume_threadsafe(thread, arg)
+
+    def timeout(self, seconds: float | None) -> Timeout:
+        return self.get_loop().timeout(seconds)
+
+    def move_on_after(self, seconds: float | None) -> Timeout:
+        return self.get_loop().move_on_after(seconds)
+
+    def run_in_thread(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.get_loop().run_in_thread(fn, *args, **kwargs)
+
+    def on_signal(self, signum: int, handler: Callable[[int], object] | None) -> None:
+        self.get_loop().on_signal(signum, handler)
+
+    def set_resolver(self, resolver: Resolver | None) -> None:
+        self.get_loop().set_resolver(resolver)
+
+    def statistics(self) -> dict[str, Any]:
+        return self.get_loop().statistics()
+
+    def dump(self) -> str:
+        return self.get_loop().dump()
+
+    def watchdog(self, threshold: float | None = 0.1, interval: float | None = None) -> None:
+        self.get_loop().watchdog(threshold, interval)
+
+    def close(self) -> None:
+        self.get_loop().close()
 
 
 def copy_docs(functions: object, loop_class: type) -> None:

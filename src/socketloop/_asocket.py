@@ -93,7 +93,7 @@ class AsyncSocket:
         "_drained_turn",
         "_io_refs",
         "_loop",
-        "_poll_loop",
+        "_poller",
         "_sending",
         "_stream",
         "_timeout",
@@ -121,7 +121,8 @@ class AsyncSocket:
             stream = (_RAW_TYPE.__get__(sock) & _SOCK_TYPE_MASK) == _socket.SOCK_STREAM
         self._stream: bool = stream
         self._loop = loop
-        self._poll_loop: Loop | None = None
+        #: The poller this socket's fd is registered with (see _poll_epoll).
+        self._poller: Any = None
         #: The loop turn in which a read drained the socket; see recv().
         self._drained_turn = -1
         self._sending = False
@@ -607,10 +608,17 @@ class AsyncSocket:
             self._forget(fd)
         sock.close()
 
+    def _loops(self) -> list[Loop]:
+        """The loops that may hold waiters or a registration for this socket."""
+        loops = []
+        for loop in (self._loop, None if self._poller is None else self._poller.owner):
+            if loop is not None and not loop._closed and loop not in loops:
+                loops.append(loop)
+        return loops
+
     def _forget(self, fd: int) -> None:
-        for loop in (self._loop, self._poll_loop):
-            if loop is not None and not loop._closed:
-                loop._forget_socket(self, fd)
+        for loop in self._loops():
+            loop._forget_socket(self, fd)
 
     def detach(self) -> int:
         """Release the fd without closing it (waiters get ``OSError(EBADF)``); return it."""
@@ -625,9 +633,8 @@ class AsyncSocket:
         self.socket.shutdown(how)
         if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
             fd = self.socket.fileno()
-            for loop in (self._loop, self._poll_loop):
-                if loop is not None and not loop._closed:
-                    loop._wake_reader(self, fd)
+            for loop in self._loops():
+                loop._wake_reader(self, fd)
 
     def dup(self) -> AsyncSocket:
         """A new async socket on a duplicate fd, with the same timeout."""

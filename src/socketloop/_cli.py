@@ -65,7 +65,7 @@ def serve_http(
 def _fetch(loop: Loop, host: str, port: int, path: str) -> tuple[int, int, float]:
     started = time.perf_counter()
     conn = http.client.HTTPConnection(host, port)
-    conn.sock = loop.connect(host, port)  # type: ignore[assignment]
+    conn.sock = loop.connect(host, port)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -109,7 +109,7 @@ def get(urls: Sequence[str], timeout: float) -> int:
             path += "?" + parts.query
         conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
         try:
-            conn.sock = loop.connect(parts.hostname, port, timeout=timeout)  # type: ignore[assignment]
+            conn.sock = loop.connect(parts.hostname, port, timeout=timeout)
             conn.sock.settimeout(timeout)
             conn.request("GET", path)
             response = conn.getresponse()

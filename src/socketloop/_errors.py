@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["BusyResourceError", "SendallTimeoutError", "ThreadExit"]
+__all__ = ["BusyResourceError", "DeadlockError", "SendallTimeoutError", "ThreadExit"]
 
 
 class BusyResourceError(RuntimeError):
@@ -22,6 +22,15 @@ class BusyResourceError(RuntimeError):
     socket another thread is already blocked reading, or a writing operation
     while another thread is writing (two ``sendall`` calls never interleave).
     One reader plus one writer on the same socket is allowed.
+    """
+
+
+class DeadlockError(RuntimeError):
+    """Raised in threads that wait for each other (or for a suspended thread)
+    when nothing left in the loop could ever wake them.
+
+    ``start()`` delivers it instead of returning with the threads stuck; the
+    message names the threads and what each waits on.
     """
 
 

@@ -33,6 +33,7 @@ began (anything made ready while running waits for the next step, so a
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import math
 import os
@@ -40,13 +41,15 @@ import signal
 import socket as _socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from greenlet import getcurrent, greenlet
 
-from ._errors import BusyResourceError, ThreadExit, closed_error
+from ._errors import BusyResourceError, DeadlockError, ThreadExit, closed_error
+from ._pool import DEFAULT_WORKERS, RESOLVER_WORKERS, ThreadPool, system_getaddrinfo
 from ._threads import (
     DEAD,
     NORMAL,
@@ -62,6 +65,11 @@ from ._timers import MAX_DELAY, TimerHandle, TimerHeap
 if TYPE_CHECKING:
     from ._asocket import AsyncSocket
     from ._server import Server
+    from ._timeouts import Timeout
+
+#: A resolver: ``getaddrinfo``'s signature.  It is called in the calling loop
+#: thread and may suspend it (e.g. a DNS client built on socketloop sockets).
+Resolver = Callable[[Any, Any, int, int, int, int], list[tuple[Any, ...]]]
 
 __all__ = ["Loop", "get_loop"]
 
@@ -108,17 +116,17 @@ def _is_numeric_host(host: str) -> bool:
     return False
 
 
-def _make_poller(name: str | None) -> Any:
+def _make_poller(name: str | None, owner: Loop) -> Any:
     if name is None:
         name = "epoll" if hasattr(__import__("select"), "epoll") else "poll"
     if name == "epoll":
         from ._poll_epoll import EpollPoller
 
-        return EpollPoller()
+        return EpollPoller(owner)
     if name == "poll":
         from ._poll_poll import PollPoller
 
-        return PollPoller()
+        return PollPoller(owner)
     raise ValueError(f"unknown poller {name!r} (expected 'epoll' or 'poll')")
 
 
@@ -184,6 +192,21 @@ class _Wakeup:
         except (BlockingIOError, InterruptedError):
             pass
 
+    def abandon(self) -> None:
+        """After fork: drop the fd (shared with the parent) without writing to it."""
+        self.closed = True
+        self.pending = False
+        try:
+            if self._eventfd:
+                os.close(self.fd)
+            else:  # pragma: no cover - non-Linux
+                assert self._rsock is not None
+                assert self._wsock is not None
+                self._rsock.close()
+                self._wsock.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         with self._lock:
             self.closed = True
@@ -213,7 +236,8 @@ class Loop:
     symmetric = False
 
     def __init__(self, *, poller: str | None = None) -> None:
-        self._poller = _make_poller(poller)
+        self._poller_name = poller
+        self._poller = _make_poller(poller, self)
         self._edge: bool = self._poller.edge_triggered
         self._READ: int = self._poller.READ
         self._WRITE: int = self._poller.WRITE
@@ -248,6 +272,12 @@ class Loop:
         self._root: greenlet | None = None
         self._wakeup = _Wakeup()
         self._poller.register_wakeup(self._wakeup.fd)
+        self._pool = ThreadPool(self, DEFAULT_WORKERS, "socketloop-worker")
+        self._resolver_pool = ThreadPool(self, RESOLVER_WORKERS, "socketloop-resolver")
+        self._resolver: Resolver | None = None
+        self._signal_handlers: dict[int, Any] = {}
+        self._watchdog: Any = None
+        _live_loops.add(self)
 
     # ----------------------------------------------------------- housekeeping
 
@@ -558,22 +588,37 @@ class Loop:
         thread._kill_exc = error
         if getcurrent() is thread:
             raise error
-        state = thread._state
-        if state == NORMAL:
-            # It is resuming (directly or not) the caller; it gets the
-            # exception when control returns to it.  Waiting here would
-            # deadlock, so this kill never blocks.
-            thread._pending_kill = error
+        if thread._state == NORMAL:
+            # It is resuming (directly or not) the caller, so it receives the
+            # exception when control comes back to it; waiting for that here
+            # would deadlock, so this kill never blocks.
+            self._interrupt(thread, error, priority=True)
             return
-        if state == RUNNING:  # pragma: no cover - only the current thread can be RUNNING
-            raise RuntimeError(f"cannot kill {thread!r}")
-        if state == READY:  # already queued: just change what it wakes up with
-            thread._wake_value = None
-            thread._wake_exc = error
-        else:
-            self._schedule(thread, None, error)
+        self._interrupt(thread, error, priority=True)
         if block:
             self._join(thread, timeout)
+
+    def _interrupt(self, thread: Thread[Any], error: BaseException, *, priority: bool) -> None:
+        """Raise ``error`` in ``thread`` where it is suspended (kill, timeout, deadlock).
+
+        Whatever the thread waits on is released by the ``finally`` blocks of
+        the wait it is in.  A pending interruption is replaced only by one
+        with ``priority`` (a kill beats a timeout; the first timeout wins).
+        """
+        state = thread._state
+        if state == DEAD:
+            return
+        if state == NORMAL:
+            if thread._pending_kill is None or priority:
+                thread._pending_kill = error
+        elif state == READY:
+            if thread._wake_exc is None or priority:
+                thread._wake_value = None
+                thread._wake_exc = error
+        elif state in (WAITING, SUSPENDED):
+            self._schedule(thread, None, error)
+        else:  # pragma: no cover - RUNNING means current; callers handle that
+            raise RuntimeError(f"cannot interrupt {thread!r}")
 
     # --------------------------------------------------------------- I/O waits
 
@@ -595,7 +640,7 @@ class Loop:
         other = table.get(fd)
         if other is not None:
             self._resolve_conflict(table, fd, other, sock, writing)
-        if sock._poll_loop is not self:
+        if sock._poller is not self._poller:
             self._register(sock, fd)
         handle: TimerHandle | None = None
         try:
@@ -613,7 +658,7 @@ class Loop:
             thread._waiting_on = None
             if handle is not None:
                 handle.cancel()
-            if not self._edge and sock._poll_loop is self:
+            if not self._edge and sock._poller is self._poller:
                 self._set_interest_quietly(fd)
         if value is not None:
             if value is _TIMEOUT:
@@ -647,15 +692,20 @@ class Loop:
         del table[fd]
         if other._state == WAITING:
             self._schedule(other, _CLOSED)
-        if other_sock is not None and getattr(other_sock, "_poll_loop", None) is self:
-            other_sock._poll_loop = None
+        if other_sock is not None and getattr(other_sock, "_poller", None) is self._poller:
+            other_sock._poller = None
 
     def _register(self, sock: AsyncSocket, fd: int) -> None:
-        previous = sock._poll_loop
-        if previous is not None and not previous._closed:
-            previous._unregister_socket(sock, fd)
+        previous = sock._poller
+        if previous is not None:
+            # Registered with another loop's poller: move it here (refused while
+            # a thread of that loop waits on it).  A poller of this loop from
+            # before a fork needs nothing: it is gone.
+            other: Loop = previous.owner
+            if other is not self and not other._closed:
+                other._unregister_socket(sock, fd)
         self._poller.register(fd)
-        sock._poll_loop = self
+        sock._poller = self._poller
 
     def _unregister_socket(self, sock: AsyncSocket, fd: int) -> None:
         if self._readers.get(fd) is not None or self._writers.get(fd) is not None:
@@ -668,7 +718,7 @@ class Loop:
             self._poller.unregister(fd)
         except OSError:
             pass
-        sock._poll_loop = None
+        sock._poller = None
 
     def _forget_socket(self, sock: AsyncSocket, fd: int) -> None:
         """``sock`` is being closed: fail its waiters, then drop its registration.
@@ -683,8 +733,8 @@ class Loop:
                 del table[fd]
                 if waiter._state == WAITING:
                     self._schedule(waiter, _CLOSED)
-        if sock._poll_loop is self:
-            sock._poll_loop = None
+        if sock._poller is self._poller:
+            sock._poller = None
             try:
                 self._poller.unregister(fd)
             except OSError:
@@ -705,6 +755,8 @@ class Loop:
             return f"sleep (due in {target.deadline - time.monotonic():.3f}s)"
         if isinstance(target, Thread):
             return f"join of {target.name!r}"
+        if isinstance(target, concurrent.futures.Future):
+            return "a call in an OS thread"
         fileno = getattr(target, "fileno", None)
         if callable(fileno):
             for fd, waiter in self._readers.items():
@@ -779,14 +831,114 @@ class Loop:
         proto: int = 0,
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
-        """``socket.getaddrinfo`` that names the host in its ``gaierror``.
+        """``socket.getaddrinfo`` that never blocks the loop.
 
-        Numeric addresses never touch the resolver.
+        From a loop thread, names are resolved by the resolver (by default
+        the system resolver in a small dedicated OS-thread pool) while only
+        the calling thread waits; numeric addresses never reach it.  Outside
+        loop threads it simply blocks.  ``socket.gaierror`` names the host.
         """
         try:
+            if self._needs_resolver(host) and self.current() is not None:
+                resolver = self._resolver or self._resolve_in_pool
+                return resolver(host, port, family, type, proto, flags)
             return _socket.getaddrinfo(host, port, family, type, proto, flags)
         except _socket.gaierror as exc:
             raise _socket.gaierror(exc.errno, f"{exc.strerror} (resolving {host!r})") from None
+
+    @staticmethod
+    def _needs_resolver(host: str | bytes | None) -> bool:
+        if host is None:
+            return False
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        return not _is_numeric_host(host)
+
+    def _resolve_in_pool(
+        self, host: Any, port: Any, family: int, type: int, proto: int, flags: int
+    ) -> list[tuple[Any, ...]]:
+        return self._resolver_pool.run(system_getaddrinfo, host, port, family, type, proto, flags)
+
+    def set_resolver(self, resolver: Resolver | None) -> None:
+        """Replace how names are resolved (None restores the default).
+
+        ``resolver(host, port, family, type, proto, flags)`` must return what
+        ``socket.getaddrinfo`` returns.  It runs in the calling loop thread and
+        may suspend it, so a resolver written with socketloop sockets works.
+        """
+        self._resolver = resolver
+
+    # ------------------------------------------------ OS threads and signals
+
+    def run_in_thread(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a blocking call in a bounded OS-thread pool; suspend only the caller.
+
+        Returns the call's result or re-raises its exception in the calling
+        loop thread.  Outside loop threads the call runs directly.  Killing the
+        waiting thread abandons the result (an OS thread cannot be
+        interrupted; the call runs to completion in the pool).
+        """
+        return self._pool.run(fn, *args, **kwargs)
+
+    def _external_done(self, thread: Thread[Any], token: object) -> None:
+        """Dispatcher callback: the outside work ``thread`` waits for is finished."""
+        if thread._state == WAITING and thread._waiting_on is token:
+            self._switch_from_dispatcher(thread, None)
+
+    def resume_threadsafe(self, thread: Thread[Any], arg: Any = None) -> None:
+        """Resume a suspended loop thread from any OS thread (asynchronously).
+
+        The resume happens in the loop's OS thread at its next step, as if
+        ``resume(thread, arg)`` were called from a loop callback; if the thread
+        is not suspended by then, the error is logged.
+        """
+        self.call_soon_threadsafe(self._resume_soon, thread, arg)
+
+    def _resume_soon(self, thread: Thread[Any], arg: Any) -> None:
+        self._check_resumable(thread, "resume")
+        self._resume_into(thread, arg)
+
+    def on_signal(self, signum: int, handler: Callable[[int], object] | None) -> None:
+        """Run ``handler(signum)`` in a new loop thread each time the signal arrives.
+
+        ``None`` removes the handler and restores the one that was there
+        before.  Only from the main OS thread (a limit of Python's signals).
+        The signal wakes a polling loop at once.
+        """
+        self._check()
+        if handler is None:
+            self._restore_signal(signum)
+            return
+
+        def on_signal(number: int, frame: FrameType | None) -> None:
+            self.call_soon_threadsafe(self._spawn_signal_handler, handler, number)
+
+        previous = signal.signal(signum, on_signal)
+        self._signal_handlers.setdefault(signum, previous)
+
+    def _spawn_signal_handler(self, handler: Callable[[int], object], signum: int) -> None:
+        thread = self.spawn(handler, signum)
+        thread.name = f"signal {signal.Signals(signum).name} handler"
+
+    # ------------------------------------------------------- timeout scopes
+
+    def timeout(self, seconds: float | None) -> Timeout:
+        """``with loop.timeout(s):`` raises ``TimeoutError`` if the block takes longer.
+
+        Applies to whatever the current thread waits on inside (sockets,
+        sleeps, primitives, joins).  Nested scopes work: the inner scope that
+        expires is the one reported.  ``None`` means no limit.  Only in loop
+        threads.
+        """
+        from ._timeouts import Timeout
+
+        return Timeout(self, seconds, silent=False)
+
+    def move_on_after(self, seconds: float | None) -> Timeout:
+        """Like ``timeout`` but leaves the block silently; check ``.expired`` after."""
+        from ._timeouts import Timeout
+
+        return Timeout(self, seconds, silent=True)
 
     # ---------------------------------------------------------------- running
 
@@ -986,11 +1138,13 @@ class Loop:
         try:
             while not self._stopping:
                 if deadline is None:
-                    if not self._step(None):
+                    if not self._step(None) and not self._break_deadlock():
                         break
                 else:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._step(remaining):
+                    if remaining <= 0:
+                        break
+                    if not self._step(remaining) and not self._break_deadlock():
                         break
                 if self._ki_pending:
                     self._ki_pending = False
@@ -1002,6 +1156,26 @@ class Loop:
                 signal.signal(signal.SIGINT, previous_handler)
             if self._ki_pending:
                 self._ki_pending = False
+
+    def _break_deadlock(self) -> bool:
+        """Nothing is pending: fail threads that wait for what can never come.
+
+        Threads still WAITING now wait on joins or primitives that no thread
+        of the loop can ever satisfy (every other thread is suspended or
+        waiting too).  Rather than return from ``start()`` leaving them stuck,
+        raise ``DeadlockError`` in each, naming the threads involved.
+        """
+        stuck = [t for t in self._threads if t._state == WAITING]
+        if not stuck:
+            return False
+        suspended = [t for t in self._threads if t._state == SUSPENDED]
+        lines = [f"{t.name!r} waits on {self._describe_wait(t)}" for t in stuck]
+        lines += [f"{t.name!r} is suspended (only resume() can wake it)" for t in suspended]
+        message = "no thread can make progress: " + "; ".join(lines)
+        logger.warning("deadlock: %s", message)
+        for thread in stuck:
+            self._interrupt(thread, DeadlockError(message), priority=False)
+        return True
 
     def stop(self) -> None:
         """Make a running ``start()`` return promptly.
@@ -1099,6 +1273,13 @@ class Loop:
         if leftover:
             logger.warning("loop closed with threads that would not exit: %r", leftover)
         self._closed = True
+        _live_loops.discard(self)
+        for signum in list(self._signal_handlers):
+            self._restore_signal(signum)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._pool.shutdown()
+        self._resolver_pool.shutdown()
         self._timers.clear()
         self._ready.clear()
         self._callbacks.clear()
@@ -1107,6 +1288,14 @@ class Loop:
         self._writers.clear()
         self._wakeup.close()
         self._poller.close()
+
+    def _restore_signal(self, signum: int) -> None:
+        previous = self._signal_handlers.pop(signum, None)
+        if previous is not None:
+            try:
+                signal.signal(signum, previous)
+            except ValueError:  # pragma: no cover - not from the main OS thread
+                pass
 
     def statistics(self) -> dict[str, Any]:
         """Counts for monitoring and leak checks: threads by state, waits, timers."""
@@ -1122,14 +1311,79 @@ class Loop:
             "ready": len(self._ready),
             "callbacks": len(self._callbacks) + len(self._threadsafe),
             "external_waits": self._external_waits,
+            "pool_active": self._pool.active,
+            "resolver_active": self._resolver_pool.active,
         }
 
     def threads(self) -> list[Thread[Any]]:
         """The threads of this loop that have not ended yet."""
         return list(self._threads)
 
+    def dump(self) -> str:
+        """A report of every thread: name, state, what it waits on, and its stack."""
+        from ._introspect import dump
+
+        return dump(self)
+
+    def watchdog(self, threshold: float | None = 0.1, interval: float | None = None) -> None:
+        """Log (rate-limited) when code keeps this loop from polling for ``threshold`` s.
+
+        A monitoring OS thread checks whether the loop has polled recently
+        while it is dispatching; if not, it logs a warning with the blocking
+        thread's name and stack (one report per blocking episode).
+        ``None`` stops it.
+        """
+        from ._introspect import Watchdog
+
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if threshold is not None:
+            self._watchdog = Watchdog(self, threshold, interval)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: fresh poller, wake-up and pools; the parent's threads
+        are abandoned (never resumed, their ``finally`` blocks never run)."""
+        current = getcurrent()
+        keep = current if isinstance(current, Thread) and current._loop is self else None
+        _abandoned.extend(t for t in self._threads if t is not keep)
+        self._threads = {keep} if keep is not None else set()
+        self._ready.clear()
+        self._callbacks.clear()
+        self._threadsafe.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._timers.clear()
+        self._closed_fds.clear()
+        self._external_waits = 0
+        self._poller.abandon()
+        self._poller = _make_poller(self._poller_name, self)
+        self._wakeup.abandon()
+        self._wakeup = _Wakeup()
+        self._poller.register_wakeup(self._wakeup.fd)
+        self._pool.forget()
+        self._resolver_pool.forget()
+        self._watchdog = None
+
 
 _defaults = threading.local()
+
+#: Every loop not yet closed, for the fork hook.
+_live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+#: Threads a forked child inherited from its parent.  They are kept alive so
+#: that garbage collection never runs their ``finally`` blocks in the child
+#: (which could close or write to sockets the parent still uses).
+_abandoned: list[Thread[Any]] = []
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live_loops):
+        loop._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_loop() -> Loop:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import select
+from typing import Any
 
 __all__ = ["EpollPoller"]
 
@@ -47,10 +48,12 @@ class EpollPoller:
     #: Events that wake a writer: buffer space, hang-up, error.
     WRITE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
-    __slots__ = ("_epoll",)
+    __slots__ = ("_epoll", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object = None) -> None:
         self._epoll = select.epoll()
+        #: The loop this poller serves (sockets find their loop through it).
+        self.owner: Any = owner
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -85,4 +88,12 @@ class EpollPoller:
         return self._epoll.poll(-1 if timeout is None else timeout)
 
     def close(self) -> None:
+        self._epoll.close()
+
+    def abandon(self) -> None:
+        """Drop the epoll fd without touching its registrations (after fork).
+
+        The child shares the epoll instance with the parent: any epoll_ctl
+        here would change the parent's registrations.
+        """
         self._epoll.close()

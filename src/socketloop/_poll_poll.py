@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import select
+from typing import Any
 
 __all__ = ["PollPoller"]
 
@@ -25,11 +26,13 @@ class PollPoller:
     READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
     WRITE = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
-    __slots__ = ("_masks", "_poll")
+    __slots__ = ("_masks", "_poll", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object = None) -> None:
         self._poll = select.poll()
         self._masks: dict[int, int] = {}
+        #: The loop this poller serves (sockets find their loop through it).
+        self.owner: Any = owner
 
     def fileno(self) -> int:
         return -1
@@ -69,4 +72,8 @@ class PollPoller:
     def close(self) -> None:
         for fd in list(self._masks):
             self._poll.unregister(fd)
+        self._masks.clear()
+
+    def abandon(self) -> None:
+        """Forget everything (after fork); poll objects hold no kernel state."""
         self._masks.clear()
