@@ -55,11 +55,14 @@ call_soon = _functions.call_soon
 call_soon_threadsafe = _functions.call_soon_threadsafe
 close = _functions.close
 connect = _functions.connect
+connect_unix = _functions.connect_unix
 current = _functions.current
 dump = _functions.dump
 getaddrinfo = _functions.getaddrinfo
 move_on_after = _functions.move_on_after
 newserver = _functions.newserver
+newserver_unix = _functions.newserver_unix
+serve = _functions.serve
 newthread = _functions.newthread
 on_signal = _functions.on_signal
 resume = _functions.resume
@@ -104,6 +107,7 @@ __all__ = [
     "call_soon_threadsafe",
     "close",
     "connect",
+    "connect_unix",
     "coro",
     "current",
     "dump",
@@ -111,11 +115,13 @@ __all__ = [
     "getaddrinfo",
     "move_on_after",
     "newserver",
+    "newserver_unix",
     "newthread",
     "on_signal",
     "resume",
     "resume_threadsafe",
     "run_in_thread",
+    "serve",
     "set_resolver",
     "sleep",
     "spawn",

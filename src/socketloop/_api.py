@@ -8,6 +8,7 @@ symmetric one).  No logic of its own, so the two modules cannot drift apart.
 from __future__ import annotations
 
 import socket as _socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -42,8 +43,45 @@ class LoopFunctions(Generic[L]):
         local_port: int | None = None,
         *,
         timeout: float | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        happy_eyeballs_delay: float | None = 0.25,
     ) -> AsyncSocket:
-        return self.get_loop().connect(address, port, local_address, local_port, timeout=timeout)
+        return self.get_loop().connect(
+            address,
+            port,
+            local_address,
+            local_port,
+            timeout=timeout,
+            tls=tls,
+            server_hostname=server_hostname,
+            happy_eyeballs_delay=happy_eyeballs_delay,
+        )
+
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> AsyncSocket:
+        return self.get_loop().connect_unix(
+            path, timeout=timeout, tls=tls, server_hostname=server_hostname
+        )
+
+    def newserver_unix(
+        self, path: str | bytes, handler: Callable[[AsyncSocket], object], **options: Any
+    ) -> Server:
+        return self.get_loop().newserver_unix(path, handler, **options)
+
+    def serve(
+        self,
+        sock: AsyncSocket | _socket.socket,
+        handler: Callable[[AsyncSocket], object],
+        **options: Any,
+    ) -> Server:
+        return self.get_loop().serve(sock, handler, **options)
 
     def newthread(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
         return self.get_loop().newthread(handler, *args, **kwargs)

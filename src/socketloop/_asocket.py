@@ -40,10 +40,10 @@ from typing import Any, TypeVar
 from greenlet import getcurrent, greenlet
 
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
-from ._loop import Loop, _dispatcher_of_this_os_thread
+from ._loop import Loop, _dispatcher_of_this_os_thread, _is_numeric_host
 from ._threads import Thread
 
-__all__ = ["AsyncSocket", "open_connection"]
+__all__ = ["AsyncSocket", "SocketIO", "format_address"]
 
 R = TypeVar("R")
 
@@ -100,6 +100,9 @@ class AsyncSocket:
         "socket",
     )
 
+    #: True for the TLS subclass, whose ``socket`` is an ``ssl.SSLSocket``.
+    _tls = False
+
     def __init__(
         self,
         sock: _socket.socket,
@@ -112,8 +115,11 @@ class AsyncSocket:
             raise TypeError("the socket is already wrapped")
         if not isinstance(sock, _socket.socket):
             raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
-        if type(sock).__module__ == "ssl":
-            raise TypeError("wrap the plain socket, then use TLS through socketloop")
+        if type(sock).__module__ == "ssl" and not self._tls:
+            raise TypeError(
+                "wrap the plain socket, then start TLS with asock.starttls() or "
+                "socketloop.ssl (an ssl.SSLSocket cannot become cooperative)"
+            )
         self.socket = sock
         self._timeout: float | None = sock.gettimeout() if timeout is _UNSET else timeout
         sock.setblocking(False)
@@ -400,8 +406,8 @@ class AsyncSocket:
     def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
         """Send a datagram to ``address`` (``sendto(data[, flags], address)``)."""
         if address is _UNSET:
-            return self._write_op(self.socket.sendto, data, flags_or_address)
-        return self._write_op(self.socket.sendto, data, flags_or_address, address)
+            return self._write_op(self.socket.sendto, data, self._resolve(flags_or_address))
+        return self._write_op(self.socket.sendto, data, flags_or_address, self._resolve(address))
 
     def sendmsg(
         self,
@@ -514,14 +520,53 @@ class AsyncSocket:
             sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
         )
 
+    def starttls(
+        self,
+        context: Any,
+        server_hostname: str | None = None,
+        server_side: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Start TLS on this connected socket; return the ``AsyncTLSSocket``.
+
+        The handshake runs now, suspending only the calling thread, bounded
+        by this socket's timeout; ``do_handshake=False`` defers it.  This
+        object is detached afterwards (the fd belongs to the TLS socket).
+        Raises ``ssl.SSLError`` (``ssl.SSLCertVerificationError``) or
+        ``TimeoutError``; the socket is closed then.
+        """
+        from ._tls import starttls
+
+        return starttls(self, context, server_hostname, server_side, **options)
+
+    def _resolve(self, address: Any) -> Any:
+        """Resolve a host name in an IP address off the loop (CPython would block)."""
+        if type(address) is not tuple or len(address) < 2 or not isinstance(address[0], str):
+            return address
+        host = address[0]
+        if not host or _is_numeric_host(host):
+            return address
+        family = _RAW_FAMILY.__get__(self.socket)
+        if family not in (_socket.AF_INET, _socket.AF_INET6):
+            return address
+        g = getcurrent()
+        loop = g._loop if isinstance(g, Thread) else self._loop
+        getaddrinfo = _socket.getaddrinfo if loop is None else loop.getaddrinfo
+        infos = getaddrinfo(host, address[1], family, _RAW_TYPE.__get__(self.socket) & 0xF)
+        resolved = infos[0][4]
+        if family == _socket.AF_INET6 and len(address) == 4:
+            resolved = (resolved[0], resolved[1], address[2], address[3])
+        return resolved
+
     def connect(self, address: Any, /) -> None:
         """Connect to ``address``; suspends the calling loop thread until done.
 
         Raises ``ConnectionRefusedError`` & co. with the address in the
         message, ``TimeoutError`` per ``settimeout`` (the socket stays open, as
-        with CPython; its state is undefined, so close it).
+        with CPython; its state is undefined, so close it).  Host names are
+        resolved without blocking the loop.
         """
-        self._connect(address, self._deadline())
+        self._connect(self._resolve(address), self._deadline())
 
     def _connect(self, address: Any, deadline: float | None) -> None:
         sock = self.socket
@@ -830,62 +875,3 @@ class SocketIO(io.RawIOBase):
         self._sock = None
         if sock is not None:
             sock._decref_socketios()
-
-
-def open_connection(
-    loop: Loop,
-    address: str,
-    port: int | str,
-    local_address: str | None,
-    local_port: int | None,
-    *,
-    timeout: float | None,
-) -> AsyncSocket:
-    """The body of ``Loop.connect``: resolve, then try each address in turn."""
-    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-    infos = loop.getaddrinfo(address, port, 0, _socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    for family, type_, proto, _canonname, sockaddr in infos:
-        local: Any = None
-        if local_address is not None or local_port is not None:
-            try:
-                local = _local_sockaddr(loop, family, local_address, local_port)
-            except OSError as exc:
-                errors.append(exc)
-                continue
-        sock = _socket.socket(family, type_, proto)
-        asock = AsyncSocket(sock, loop, timeout=None, stream=True)
-        try:
-            if local is not None:
-                sock.bind(local)
-            asock._connect(sockaddr, deadline)
-        except TimeoutError:
-            asock.close()
-            raise
-        except OSError as exc:
-            asock.close()
-            errors.append(exc)
-            continue
-        except BaseException:
-            asock.close()
-            raise
-        asock._timeout = _socket.getdefaulttimeout()
-        return asock
-    if not errors:
-        raise OSError(f"getaddrinfo returned no addresses for {address!r}")
-    first = errors[0]
-    if len(errors) > 1 and hasattr(first, "add_note"):
-        for other in errors[1:]:
-            first.add_note(f"also tried: {other}")
-    raise first
-
-
-def _local_sockaddr(
-    loop: Loop, family: int, local_address: str | None, local_port: int | None
-) -> Any:
-    if local_address is None:
-        local_address = "::" if family == _socket.AF_INET6 else "0.0.0.0"
-    infos = loop.getaddrinfo(
-        local_address, local_port or 0, family, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
-    )
-    return infos[0][4]

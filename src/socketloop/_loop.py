@@ -39,6 +39,7 @@ import math
 import os
 import signal
 import socket as _socket
+import ssl
 import threading
 import time
 import weakref
@@ -788,21 +789,59 @@ class Loop:
         local_port: int | None = None,
         *,
         timeout: float | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        happy_eyeballs_delay: float | None = 0.25,
     ) -> AsyncSocket:
         """Open a TCP connection to ``address``:``port`` and return it wrapped.
 
-        ``address`` may be an IPv4 or IPv6 literal or a host name (every
-        address it resolves to is tried in turn).  ``local_address`` /
+        ``address`` may be an IPv4 or IPv6 literal or a host name, resolved
+        without blocking the loop.  When it resolves to several addresses
+        (IPv6 and IPv4), the attempts race in the manner of RFC 8305: one
+        starts every ``happy_eyeballs_delay`` seconds (or at once when the
+        previous failed), the first to connect wins, the others are closed;
+        ``None`` tries them one after another.  ``local_address`` /
         ``local_port`` bind the local end first.  ``timeout`` bounds the whole
-        call (resolution included); the returned socket has the default
-        timeout (``socket.getdefaulttimeout()``).  From a loop thread this
-        suspends only that thread; elsewhere it blocks.  Raises
-        ``ConnectionRefusedError`` & co. (naming the address), ``TimeoutError``
-        or ``socket.gaierror``.
-        """
-        from ._asocket import open_connection
+        call (resolution and TLS handshake included); the returned socket has
+        the default timeout (``socket.getdefaulttimeout()``).
 
-        return open_connection(self, address, port, local_address, local_port, timeout=timeout)
+        ``tls=True`` starts TLS with ``socketloop.ssl.create_default_context()``
+        (certificate and host name verified); ``tls=context`` uses that
+        ``ssl.SSLContext``; ``server_hostname`` defaults to ``address``.  The
+        result is then an ``AsyncTLSSocket``.
+
+        From a loop thread this suspends only that thread; elsewhere it
+        blocks.  Raises ``ConnectionRefusedError`` & co. (naming the
+        address), ``TimeoutError``, ``socket.gaierror``, ``ssl.SSLError``.
+        """
+        from ._connect import open_connection
+
+        return open_connection(
+            self,
+            address,
+            port,
+            local_address,
+            local_port,
+            timeout=timeout,
+            tls=tls,
+            server_hostname=server_hostname,
+            happy_eyeballs_delay=happy_eyeballs_delay,
+        )
+
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> AsyncSocket:
+        """Open a Unix-domain stream connection to ``path`` (like ``connect``)."""
+        from ._connect import open_unix_connection
+
+        return open_unix_connection(
+            self, path, timeout=timeout, tls=tls, server_hostname=server_hostname
+        )
 
     def newserver(
         self,
@@ -814,13 +853,37 @@ class Loop:
         """Listen on ``host``:``port`` and run ``handler(asock)`` on a new thread per connection.
 
         See ``socketloop.Server`` for the options (``backlog``,
-        ``reuse_port``, ...).  ``port=0`` picks a free port (``server.port``).
-        The connection is closed when the handler returns or raises; handler
-        exceptions are logged with the peer address and never stop the server.
+        ``reuse_port``, ``tls``, ``max_connections``, ...).  ``port=0`` picks a
+        free port (``server.port``); ``host`` None or ``""`` listens on every
+        interface, IPv6 and IPv4.  The connection is closed when the handler
+        returns or raises; handler exceptions are logged with the peer
+        address and never stop the server.
         """
         from ._server import Server
 
         return Server.listen(self, host, port, handler, **options)
+
+    def newserver_unix(
+        self,
+        path: str | bytes,
+        handler: Callable[[AsyncSocket], object],
+        **options: Any,
+    ) -> Server:
+        """Listen on the Unix-domain socket ``path`` (created; removed on close)."""
+        from ._server import Server
+
+        return Server.listen_unix(self, path, handler, **options)
+
+    def serve(
+        self,
+        sock: AsyncSocket | _socket.socket,
+        handler: Callable[[AsyncSocket], object],
+        **options: Any,
+    ) -> Server:
+        """Serve connections accepted from an already listening socket of any family."""
+        from ._server import Server
+
+        return Server(self, sock, handler, **options)
 
     def getaddrinfo(
         self,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket as _socket
+import ssl
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +63,11 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 ACCEPT_BACKOFF_MIN = 0.01
 ACCEPT_BACKOFF_MAX = 1.0
 
+#: Seconds a TLS client gets to complete its handshake (asyncio's default):
+#: a client that never sends a ClientHello, or stalls in the middle, is
+#: dropped after this without affecting anyone else.
+DEFAULT_HANDSHAKE_TIMEOUT = 60.0
+
 #: accept() errors that mean the listening socket itself is unusable.
 FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 
@@ -88,6 +96,8 @@ class Server:
         max_accept: int = DEFAULT_MAX_ACCEPT,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if not isinstance(sock, AsyncSocket):
             sock = AsyncSocket(sock, loop, timeout=None)
@@ -102,6 +112,9 @@ class Server:
         self.max_accept = max_accept
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self._unix_path: str | bytes | None = None
         self._closed = False
         self._connections: set[AsyncSocket] = set()
         self._accepted = 0
@@ -152,6 +165,37 @@ class Server:
             raise
         return cls(loop, AsyncSocket(sock, loop, timeout=None), handler, **options)
 
+    @classmethod
+    def listen_unix(
+        cls,
+        loop: Loop,
+        path: str | bytes,
+        handler: Callable[[AsyncSocket], object],
+        *,
+        backlog: int | None = None,
+        **options: Any,
+    ) -> Server:
+        """Bind a Unix-domain stream socket at ``path`` and serve it.
+
+        A stale socket file left at ``path`` is replaced; any other existing
+        file is an error.  The file is removed when the server closes.
+        """
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)
+        except BaseException:
+            sock.close()
+            raise
+        server = cls(loop, AsyncSocket(sock, loop, timeout=None), handler, **options)
+        server._unix_path = path
+        return server
+
     # -------------------------------------------------------------- public
 
     @property
@@ -173,6 +217,11 @@ class Server:
             return
         self._closed = True
         self.socket.close()
+        if self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except OSError:
+                pass
         waiter = self._slot_waiter
         if waiter is not None and waiter._state == WAITING:
             self._slot_waiter = None
@@ -245,6 +294,31 @@ class Server:
                 streak = 0
                 loop.sleep(0)
 
+    def _handshake(self, conn: AsyncSocket, address: Any) -> AsyncSocket | None:
+        """The TLS handshake, in the connection's own thread and within its deadline."""
+        assert self.tls is not None
+        conn.settimeout(self.handshake_timeout)
+        try:
+            secure: AsyncSocket = conn.starttls(self.tls, server_side=True)
+        except (OSError, ValueError) as exc:
+            # Scanners, plain-text clients and stalled handshakes are routine
+            # on a public TLS port: one quiet line, no traceback.
+            logger.debug("TLS handshake with %s failed: %s", format_address(address), exc)
+            conn.close()
+            self._connections.discard(conn)
+            self._wake_slot_waiter()
+            return None
+        self._connections.discard(conn)
+        self._connections.add(secure)
+        secure.settimeout(None)
+        return secure
+
+    def _wake_slot_waiter(self) -> None:
+        waiter = self._slot_waiter
+        if waiter is not None and waiter._state == WAITING:
+            self._slot_waiter = None
+            self._loop._schedule(waiter)
+
     def _wait_for_slot(self) -> None:
         thread = self._loop.current()
         assert thread is not None
@@ -300,6 +374,11 @@ class Server:
         thread = self._loop.current()
         if thread is not None:
             thread._name = f"connection from {format_address(address)}"
+        if self.tls is not None:
+            secure = self._handshake(conn, address)
+            if secure is None:
+                return
+            conn = secure
         if self.idle_timeout is not None:
             conn.settimeout(self.idle_timeout)
         try:
@@ -320,7 +399,4 @@ class Server:
         finally:
             conn.close()
             self._connections.discard(conn)
-            waiter = self._slot_waiter
-            if waiter is not None and waiter._state == WAITING:
-                self._slot_waiter = None
-                self._loop._schedule(waiter)
+            self._wake_slot_waiter()

@@ -1,0 +1,237 @@
+"""TLS over async sockets: ``AsyncTLSSocket`` and the handshake.
+
+Charter: give a TLS connection the ``ssl.SSLSocket`` API with the same
+cooperative behaviour as ``AsyncSocket``.  The ``ssl`` module does the TLS
+work on the non-blocking fd; this module turns its "want read" / "want
+write" answers into waits of the calling thread, in whichever direction
+OpenSSL asks for (a read may need to write, and a write to read).
+
+Reads never stall on data OpenSSL has already decrypted: every read tries
+``SSL_read`` first, which returns buffered plaintext without touching the
+socket, and only an ``SSLWantReadError`` (the kernel socket was read until
+EAGAIN) leads to a wait, so edge-triggered readiness is never missed.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+import ssl as _ssl
+from typing import Any
+
+from ._asocket import _UNSET, AsyncSocket
+from ._errors import BusyResourceError, SendallTimeoutError
+from ._loop import Loop
+
+__all__ = ["AsyncTLSSocket", "starttls"]
+
+#: Plaintext handed to one SSL_write by sendall: small enough that a timeout
+#: can report progress to within a chunk, large enough (four full TLS
+#: records) that the per-call overhead is noise.
+SENDALL_CHUNK = 64 * 1024
+
+
+class AsyncTLSSocket(AsyncSocket):
+    """A TLS connection with the ``ssl.SSLSocket`` API; made by ``starttls``,
+    ``loop.connect(..., tls=...)``, TLS servers, or ``socketloop.ssl``.
+
+    ``.socket`` is the ``ssl.SSLSocket``.  Blocking calls (handshake, reads,
+    writes, ``unwrap``) suspend only the calling loop thread; timeouts cover
+    each of them.  ``getpeercert``, ``cipher``, ``version``,
+    ``selected_alpn_protocol``, ``pending``, ``server_hostname``, ... are the
+    ``SSLSocket``'s own.
+    """
+
+    __slots__ = ()
+
+    _tls = True
+    socket: _ssl.SSLSocket
+
+    def _tls_call(self, op: Any, *args: Any) -> Any:
+        """Run an SSL operation, waiting in the direction OpenSSL asks for."""
+        try:
+            return op(*args)
+        except _ssl.SSLWantReadError:
+            if self._timeout == 0.0:
+                raise
+            writing = False
+        except _ssl.SSLWantWriteError:
+            if self._timeout == 0.0:
+                raise
+            writing = True
+        deadline = self._deadline()
+        while True:
+            self._wait(writing, deadline)
+            try:
+                return op(*args)
+            except _ssl.SSLWantReadError:
+                writing = False
+            except _ssl.SSLWantWriteError:
+                writing = True
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Perform the TLS handshake (suspends only the calling thread).
+
+        Raises ``ssl.SSLError`` (``ssl.SSLCertVerificationError`` when the
+        peer's certificate is refused), ``TimeoutError`` per ``settimeout``.
+        """
+        self._tls_call(self.socket.do_handshake)
+
+    def recv(self, bufsize: int = 1024, flags: int = 0, /) -> bytes:
+        if flags:
+            raise ValueError(f"non-zero flags not allowed in calls to recv() on {type(self)}")
+        result: bytes = self._tls_call(self.socket.recv, bufsize)
+        self._spent()
+        return result
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        if flags:
+            raise ValueError(f"non-zero flags not allowed in calls to recv_into() on {type(self)}")
+        result: int = self._tls_call(self.socket.recv_into, buffer, nbytes)
+        self._spent()
+        return result
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        """``SSLSocket.read``: up to ``len`` bytes (or into ``buffer``)."""
+        if buffer is None:
+            return self._tls_call(self.socket.read, len)
+        return self._tls_call(self.socket.read, len, buffer)
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        if flags:
+            raise ValueError(f"non-zero flags not allowed in calls to send() on {type(self)}")
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        result: int = self._tls_call(self.socket.send, data)
+        self._spent()
+        return result
+
+    def write(self, data: Any) -> int:
+        """``SSLSocket.write``: send ``data``, return the count."""
+        return self.send(data)
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None:
+        if flags:
+            raise ValueError(f"non-zero flags not allowed in calls to sendall() on {type(self)}")
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        self._sending = True
+        try:
+            with memoryview(data) as view, view.cast("B") as octets:
+                total = len(octets)
+                sent = 0
+                deadline = self._deadline()
+                while sent < total:
+                    chunk = octets[sent : sent + SENDALL_CHUNK]
+                    try:
+                        sent += self._tls_send_until(chunk, deadline)
+                    except TimeoutError:
+                        raise SendallTimeoutError(sent) from None
+            self._spent()
+        finally:
+            self._sending = False
+
+    def _tls_send_until(self, chunk: Any, deadline: float | None) -> int:
+        # As _tls_call, but against the deadline of the whole sendall.
+        writing = True
+        while True:
+            try:
+                return self.socket.send(chunk)
+            except _ssl.SSLWantReadError:
+                writing = False
+            except _ssl.SSLWantWriteError:
+                writing = True
+            if self._timeout == 0.0:
+                raise BlockingIOError("the TLS socket is not ready for writing")
+            self._wait(writing, deadline)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send a file's contents (through TLS, so by reading and sending)."""
+        if self._timeout == 0.0:
+            raise ValueError("non-blocking sockets are not supported")
+        return self._sendfile_by_send(file, offset, count)
+
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        raise ValueError(f"recvfrom not allowed on instances of {type(self)}")
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> tuple[int, Any]:
+        raise ValueError(f"recvfrom_into not allowed on instances of {type(self)}")
+
+    def recvmsg(self, *args: Any) -> Any:
+        raise NotImplementedError(f"recvmsg not allowed on instances of {type(self)}")
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        raise NotImplementedError(f"recvmsg_into not allowed on instances of {type(self)}")
+
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
+        raise ValueError(f"sendto not allowed on instances of {type(self)}")
+
+    def sendmsg(self, *args: Any) -> int:
+        raise NotImplementedError(f"sendmsg not allowed on instances of {type(self)}")
+
+    def unwrap(self) -> AsyncSocket:
+        """Shut TLS down (close_notify both ways) and return the plain async socket."""
+        plain = self._tls_call(self.socket.unwrap)
+        self._closed = True
+        asock = AsyncSocket(plain, self._loop, timeout=self._timeout)
+        asock._poller, self._poller = self._poller, None
+        return asock
+
+    def dup(self) -> AsyncSocket:
+        raise NotImplementedError(f"Can't dup() {type(self).__name__} instances")
+
+    def starttls(self, *args: Any, **kwargs: Any) -> AsyncTLSSocket:
+        raise ValueError("TLS is already active on this socket")
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("AsyncSocket", "AsyncTLSSocket", 1)
+
+
+def starttls(
+    asock: AsyncSocket,
+    context: _ssl.SSLContext,
+    server_hostname: str | None = None,
+    server_side: bool = False,
+    *,
+    do_handshake: bool = True,
+    suppress_ragged_eofs: bool = True,
+    session: _ssl.SSLSession | None = None,
+) -> AsyncTLSSocket:
+    """The body of ``AsyncSocket.starttls``."""
+    if isinstance(asock, AsyncTLSSocket):
+        raise ValueError("TLS is already active on this socket")
+    raw = asock.socket
+    fd = raw.fileno()
+    for loop in asock._loops():
+        if loop._readers.get(fd) is not None or loop._writers.get(fd) is not None:
+            raise BusyResourceError(f"cannot start TLS while a thread waits on {asock!r}")
+    # The base class method: a socketloop.ssl.SSLContext would route back here.
+    ssl_sock = _ssl.SSLContext.wrap_socket(
+        context,
+        raw,
+        server_side=server_side,
+        do_handshake_on_connect=False,
+        suppress_ragged_eofs=suppress_ragged_eofs,
+        server_hostname=server_hostname,
+        session=session,
+    )
+    # The fd (and its poller registration) now belongs to the TLS socket.
+    tls = AsyncTLSSocket(ssl_sock, asock._loop, timeout=asock._timeout, stream=True)
+    tls._poller, asock._poller = asock._poller, None
+    asock._closed = True
+    if do_handshake:
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+    return tls
+
+
+def wrap_new(
+    loop: Loop | None,
+    sock: _socket.socket,
+    context: _ssl.SSLContext,
+    **kwargs: Any,
+) -> AsyncTLSSocket:
+    """Wrap a plain ``socket.socket`` and start TLS on it."""
+    return starttls(AsyncSocket(sock, loop), context, **kwargs)
