@@ -23,12 +23,16 @@ threads are symmetric coroutines, plus ``transfer``.
 
 from __future__ import annotations
 
-from . import coro
+from . import (
+    _originals,  # noqa: F401  (first: captures the stdlib before any patch)
+    coro,
+)
 from ._api import LoopFunctions, copy_docs
 from ._asocket import AsyncSocket
 from ._coro import CoroLoop
 from ._errors import BusyResourceError, DeadlockError, SendallTimeoutError, ThreadExit
 from ._loop import Loop, get_loop
+from ._patch import patch, patched, unpatch
 from ._server import Server
 from ._sync import (
     BoundedSemaphore,
@@ -44,6 +48,7 @@ from ._sync import (
 from ._threads import Thread
 from ._timeouts import Timeout
 from ._timers import TimerHandle
+from ._tls import AsyncTLSSocket
 
 __version__ = "0.1.0"
 
@@ -82,6 +87,7 @@ wrap = _functions.wrap
 
 __all__ = [
     "AsyncSocket",
+    "AsyncTLSSocket",
     "BoundedSemaphore",
     "BusyResourceError",
     "Condition",
@@ -118,6 +124,8 @@ __all__ = [
     "newserver_unix",
     "newthread",
     "on_signal",
+    "patch",
+    "patched",
     "resume",
     "resume_threadsafe",
     "run_in_thread",
@@ -131,6 +139,7 @@ __all__ = [
     "stop",
     "suspend",
     "timeout",
+    "unpatch",
     "watchdog",
     "wrap",
 ]

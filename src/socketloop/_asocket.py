@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from greenlet import getcurrent, greenlet
 
+from . import _originals
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
 from ._loop import Loop, _dispatcher_of_this_os_thread, _is_numeric_host
 from ._threads import Thread
@@ -113,7 +114,7 @@ class AsyncSocket:
     ) -> None:
         if isinstance(sock, AsyncSocket):
             raise TypeError("the socket is already wrapped")
-        if not isinstance(sock, _socket.socket):
+        if not isinstance(sock, _originals.socket_class):
             raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
         if type(sock).__module__ == "ssl" and not self._tls:
             raise TypeError(
@@ -167,7 +168,7 @@ class AsyncSocket:
         fd = self.socket.fileno()
         if fd < 0:
             raise closed_error()
-        poller = select.poll()
+        poller = _originals.poll()
         poller.register(fd, select.POLLOUT if writing else select.POLLIN)
         if deadline is None:
             poller.poll()
@@ -511,14 +512,25 @@ class AsyncSocket:
         return self._adopt(fd), address
 
     def _adopt(self, fd: int) -> AsyncSocket:
-        """Wrap a freshly accepted fd, skipping the probes ``socket()`` would make."""
+        """Wrap a freshly accepted fd, skipping the probes ``socket()`` would make.
+
+        The result has this socket's class (the drop-in ``socketloop.socket``
+        class accepts sockets of its own class).
+        """
         raw = self.socket
-        sock = _socket.socket(
+        sock = _originals.socket_class(
             _RAW_FAMILY.__get__(raw), _RAW_TYPE.__get__(raw), _RAW_PROTO.__get__(raw), fd
         )
-        return AsyncSocket(
-            sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
+        cls = type(self)
+        if cls is AsyncSocket:
+            return AsyncSocket(
+                sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
+            )
+        new = cls.__new__(cls)
+        AsyncSocket.__init__(
+            new, sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
         )
+        return new
 
     def starttls(
         self,
@@ -551,7 +563,7 @@ class AsyncSocket:
             return address
         g = getcurrent()
         loop = g._loop if isinstance(g, Thread) else self._loop
-        getaddrinfo = _socket.getaddrinfo if loop is None else loop.getaddrinfo
+        getaddrinfo = _originals.getaddrinfo if loop is None else loop.getaddrinfo
         infos = getaddrinfo(host, address[1], family, _RAW_TYPE.__get__(self.socket) & 0xF)
         resolved = infos[0][4]
         if family == _socket.AF_INET6 and len(address) == 4:

@@ -21,6 +21,7 @@ import ssl as _ssl
 import time
 from typing import Any
 
+from . import _originals
 from ._asocket import AsyncSocket
 from ._loop import Loop
 from ._threads import Thread
@@ -84,7 +85,7 @@ def _attempt(
     local: Any = None
     if local_address is not None or local_port is not None:
         local = _local_sockaddr(loop, family, local_address, local_port)
-    sock = _socket.socket(family, type_, proto)
+    sock = _originals.socket_class(family, type_, proto)
     asock = AsyncSocket(sock, loop, timeout=None, stream=True)
     try:
         if local is not None:
@@ -222,7 +223,7 @@ def _start_client_tls(
         from .ssl import create_default_context
 
         context: _ssl.SSLContext = create_default_context()
-    elif isinstance(tls, _ssl.SSLContext):
+    elif isinstance(tls, _originals.SSLContext):
         context = tls
     else:
         raise TypeError(f"tls must be True or an ssl.SSLContext, not {type(tls).__name__}")
@@ -244,7 +245,8 @@ def open_unix_connection(
 ) -> AsyncSocket:
     """The body of ``Loop.connect_unix``."""
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-    asock = AsyncSocket(_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), loop, timeout=None)
+    plain = _originals.socket_class(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    asock = AsyncSocket(plain, loop, timeout=None)
     try:
         asock._connect(path, deadline)
     except BaseException:

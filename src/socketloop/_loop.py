@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from greenlet import getcurrent, greenlet
 
+from . import _originals
 from ._errors import BusyResourceError, DeadlockError, ThreadExit, closed_error
 from ._pool import DEFAULT_WORKERS, RESOLVER_WORKERS, ThreadPool, system_getaddrinfo
 from ._threads import (
@@ -144,7 +145,7 @@ class _Wakeup:
     def __init__(self) -> None:
         self.pending = False
         self.closed = False
-        self._lock = threading.Lock()
+        self._lock = _originals.allocate_lock()
         self._rsock: _socket.socket | None = None
         self._wsock: _socket.socket | None = None
         if hasattr(os, "eventfd"):
@@ -152,7 +153,7 @@ class _Wakeup:
             self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         else:  # pragma: no cover - non-Linux
             self._eventfd = False
-            self._rsock, self._wsock = _socket.socketpair()
+            self._rsock, self._wsock = _originals.socketpair()
             self._rsock.setblocking(False)
             self._wsock.setblocking(False)
             self.fd = self._rsock.fileno()
@@ -381,7 +382,7 @@ class Loop:
         g = getcurrent()
         if not (isinstance(g, Thread) and g._loop is self):
             self._refuse_in_dispatcher(g, "sleep()")
-            time.sleep(max(0.0, seconds))
+            _originals.sleep(max(0.0, seconds))
             return
         if math.isnan(seconds):
             raise ValueError("sleep length is NaN")
@@ -667,6 +668,61 @@ class Loop:
             if value is _CLOSED:
                 raise closed_error()
 
+    def _wait_fds(
+        self,
+        thread: Thread[Any],
+        reads: list[int],
+        writes: list[int],
+        deadline: float | None,
+        what: object,
+    ) -> bool:
+        """Suspend ``thread`` until any of several fds may be ready; False at the deadline.
+
+        The wait behind cooperative ``select``/``poll``: the caller checks
+        readiness itself before and after (readiness here is a hint, not a
+        promise).  Raises ``BusyResourceError`` when another thread already
+        waits on one of the fds in the same direction.
+        """
+        readers = self._readers
+        writers = self._writers
+        for table, fds, verb in ((readers, reads, "read"), (writers, writes, "write")):
+            for fd in fds:
+                other = table.get(fd)
+                if other is not None and other is not thread:
+                    raise BusyResourceError(
+                        f"another thread ({other.name}) already waits to {verb} fd {fd}"
+                    )
+        for fd in {*reads, *writes}:
+            self._poller.register(fd)
+        handle: TimerHandle | None = None
+        try:
+            for fd in reads:
+                readers[fd] = thread
+            for fd in writes:
+                writers[fd] = thread
+            if not self._edge:
+                for fd in {*reads, *writes}:
+                    self._poller.set_interest(fd, fd in readers, fd in writers)
+            thread._state = WAITING
+            thread._waiting_on = what
+            if deadline is not None:
+                handle = self._timers.add(deadline, self._wait_expired, (thread,))
+            value = self._park(thread)
+        finally:
+            for fd in reads:
+                if readers.get(fd) is thread:
+                    del readers[fd]
+            for fd in writes:
+                if writers.get(fd) is thread:
+                    del writers[fd]
+            thread._waiting_on = None
+            if handle is not None:
+                handle.cancel()
+            if not self._edge:
+                for fd in {*reads, *writes}:
+                    self._set_interest_quietly(fd)
+        return value is not _TIMEOUT
+
     def _set_interest_quietly(self, fd: int) -> None:
         try:
             self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
@@ -905,7 +961,7 @@ class Loop:
             if self._needs_resolver(host) and self.current() is not None:
                 resolver = self._resolver or self._resolve_in_pool
                 return resolver(host, port, family, type, proto, flags)
-            return _socket.getaddrinfo(host, port, family, type, proto, flags)
+            return _originals.getaddrinfo(host, port, family, type, proto, flags)
         except _socket.gaierror as exc:
             raise _socket.gaierror(exc.errno, f"{exc.strerror} (resolving {host!r})") from None
 

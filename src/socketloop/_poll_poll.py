@@ -16,6 +16,8 @@ import math
 import select
 from typing import Any
 
+from . import _originals
+
 __all__ = ["PollPoller"]
 
 
@@ -29,7 +31,7 @@ class PollPoller:
     __slots__ = ("_masks", "_poll", "owner")
 
     def __init__(self, owner: object = None) -> None:
-        self._poll = select.poll()
+        self._poll = _originals.poll()
         self._masks: dict[int, int] = {}
         #: The loop this poller serves (sockets find their loop through it).
         self.owner: Any = owner
@@ -39,7 +41,7 @@ class PollPoller:
 
     def register(self, fd: int) -> None:
         """Check that ``fd`` is open (interest itself is set per wait)."""
-        probe = select.poll()
+        probe = _originals.poll()
         probe.register(fd, select.POLLIN)
         for _, events in probe.poll(0):
             if events & select.POLLNVAL:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import socket as _socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from greenlet import getcurrent
 
+from . import _originals
 from ._threads import WAITING, Thread
 
 if TYPE_CHECKING:
@@ -106,4 +106,4 @@ def system_getaddrinfo(
     host: Any, port: Any, family: int, type: int, proto: int, flags: int
 ) -> list[tuple[Any, ...]]:
     """The blocking system resolver (what the default resolver runs in its pool)."""
-    return _socket.getaddrinfo(host, port, family, type, proto, flags)
+    return _originals.getaddrinfo(host, port, family, type, proto, flags)

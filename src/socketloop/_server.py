@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from . import _originals
 from ._asocket import AsyncSocket, format_address
 from ._loop import Loop
 from ._threads import WAITING, Thread
@@ -145,7 +146,7 @@ class Server:
         if not host and _socket.has_ipv6:
             infos.sort(key=lambda info: info[0] != _socket.AF_INET6)
         family, type_, proto, _canonname, sockaddr = infos[0]
-        sock = _socket.socket(family, type_, proto)
+        sock = _originals.socket_class(family, type_, proto)
         try:
             if hasattr(_socket, "SO_REUSEADDR"):
                 sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
@@ -185,7 +186,7 @@ class Server:
                 os.unlink(path)
         except FileNotFoundError:
             pass
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock = _originals.socket_class(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.bind(path)
             sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)

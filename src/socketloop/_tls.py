@@ -18,6 +18,7 @@ import socket as _socket
 import ssl as _ssl
 from typing import Any
 
+from . import _originals
 from ._asocket import _UNSET, AsyncSocket
 from ._errors import BusyResourceError, SendallTimeoutError
 from ._loop import Loop
@@ -205,7 +206,7 @@ def starttls(
         if loop._readers.get(fd) is not None or loop._writers.get(fd) is not None:
             raise BusyResourceError(f"cannot start TLS while a thread waits on {asock!r}")
     # The base class method: a socketloop.ssl.SSLContext would route back here.
-    ssl_sock = _ssl.SSLContext.wrap_socket(
+    ssl_sock = _originals.SSLContext.wrap_socket(
         context,
         raw,
         server_side=server_side,

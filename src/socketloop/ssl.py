@@ -21,6 +21,7 @@ from __future__ import annotations
 import ssl as _stdlib_ssl
 from typing import Any
 
+from . import _originals
 from ._asocket import AsyncSocket
 from ._tls import starttls
 
@@ -90,7 +91,7 @@ def create_default_context(
     locations are given): the context is made by it and then given this
     module's class, which only adds how ``wrap_socket`` treats async sockets.
     """
-    context = _stdlib_ssl.create_default_context(
+    context = _originals.create_default_context(
         purpose, cafile=cafile, capath=capath, cadata=cadata
     )
     context.__class__ = SSLContext
