@@ -1,5 +1,8 @@
 """The command line: ``python -m socketloop demo`` and ``python -m socketloop get URL...``.
 
+``get`` fetches http and https URLs concurrently (https verifies the server
+certificate against the system trust store, or ``--cacert``).
+
 The demo is the library's own argument in one screen: the stdlib's
 ``http.server.BaseHTTPRequestHandler`` serves pages unmodified over accepted
 async sockets, and the stdlib's ``http.client`` fetches them unmodified over
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.server
+import ssl
 import sys
 import time
 import types
@@ -19,6 +23,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from . import ssl as cooperative_ssl
 from ._asocket import AsyncSocket
 from ._loop import Loop, get_loop
 
@@ -96,26 +101,36 @@ def demo(pages: int, delay: float) -> int:
     return 0
 
 
-def get(urls: Sequence[str], timeout: float) -> int:
+def get(urls: Sequence[str], timeout: float, cafile: str | None = None) -> int:
     loop = get_loop()
+    context = None
+
+    def tls_context() -> ssl.SSLContext:
+        nonlocal context
+        if context is None:
+            context = cooperative_ssl.create_default_context(cafile=cafile)
+        return context
 
     def fetch(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            return f"unsupported URL (only http:// here): {url}"
-        port = parts.port or 80
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"unsupported URL (http:// and https:// only): {url}"
+        secure = parts.scheme == "https"
+        host = parts.hostname
+        port = parts.port or (443 if secure else 80)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
-            conn.sock = loop.connect(parts.hostname, port, timeout=timeout)
-            conn.sock.settimeout(timeout)
+            sock = loop.connect(host, port, timeout=timeout, tls=tls_context() if secure else None)
+            sock.settimeout(timeout)
+            conn.sock = sock
             conn.request("GET", path)
             response = conn.getresponse()
             size = len(response.read())
             return f"{response.status} {response.reason}  {size} bytes  {url}"
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             return f"error: {exc}  {url}"
         finally:
             conn.close()
@@ -140,10 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     get_parser = commands.add_parser("get", help="fetch http URLs concurrently")
     get_parser.add_argument("urls", nargs="+", metavar="URL")
     get_parser.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
+    get_parser.add_argument(
+        "--cacert", metavar="FILE", help="trust this CA bundle instead of the system's"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.pages, args.delay)
-    return get(args.urls, args.timeout)
+    return get(args.urls, args.timeout, args.cacert)
 
 
 if __name__ == "__main__":  # pragma: no cover
