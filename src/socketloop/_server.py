@@ -20,6 +20,7 @@ from typing import Any
 from . import _originals
 from ._asocket import AsyncSocket, format_address
 from ._loop import Loop
+from ._sync import Event
 from ._threads import WAITING, Thread
 
 __all__ = ["Server"]
@@ -85,7 +86,11 @@ class Server:
     port), ``max_accept`` (accepts in a row before yielding),
     ``max_connections`` (stop accepting while that many handlers run; the
     rest wait in the backlog), ``idle_timeout`` (seconds a connection may
-    wait in any single socket call before it is closed quietly).
+    wait in any single socket call before it is closed quietly),
+    ``handler_timeout`` (an absolute limit for the whole handler, which
+    trickling bytes cannot extend), ``tls`` (an ``ssl.SSLContext``: the
+    handshake runs in the connection's own thread) and
+    ``handshake_timeout`` (default 60 s).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Server:
         max_accept: int = DEFAULT_MAX_ACCEPT,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        handler_timeout: float | None = None,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
@@ -113,6 +119,7 @@ class Server:
         self.max_accept = max_accept
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.handler_timeout = handler_timeout
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self._unix_path: str | bytes | None = None
@@ -121,6 +128,9 @@ class Server:
         self._accepted = 0
         self._errors = 0
         self._handler_errors = 0
+        self._refused = 0
+        self._idle_closed = 0
+        self._drained: Event | None = None  # set when the last handler ends during stop()
         self._backoff = 0.0
         self._slot_waiter: Thread[Any] | None = None
         self._thread = loop.newthread(self._accept_loop)
@@ -228,15 +238,36 @@ class Server:
             self._slot_waiter = None
             self._loop._schedule(waiter)
 
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting at once, let handlers finish, then close their connections.
+
+        New connects are refused from the first instant.  Running handlers get
+        up to ``grace`` seconds (None: no waiting) to end by themselves;
+        whatever is still running then has its connection closed, so its
+        thread gets ``OSError(EBADF)`` at its next socket call.  From a loop
+        thread this suspends only the caller; from outside it runs the loop.
+        Idempotent.
+        """
+        self.close()
+        if grace is not None and grace > 0 and self._connections:
+            self._drained = Event()
+            self._drained.wait(grace)
+        for conn in list(self._connections):
+            conn.close()
+
     def connections(self) -> list[AsyncSocket]:
         """The connections whose handlers are running."""
         return list(self._connections)
 
     def statistics(self) -> dict[str, int]:
-        """``active`` connections, ``accepted`` so far, ``errors`` (accept and handler)."""
+        """Counters: ``active`` handlers, ``accepted`` connections, ``refused`` ones
+        (closed before the handler ran: failed TLS handshakes), ``idle_closed``
+        (idle or handler timeout), ``accept_errors`` and ``handler_errors``."""
         return {
             "active": len(self._connections),
             "accepted": self._accepted,
+            "refused": self._refused,
+            "idle_closed": self._idle_closed,
             "accept_errors": self._errors,
             "handler_errors": self._handler_errors,
         }
@@ -305,9 +336,7 @@ class Server:
             # Scanners, plain-text clients and stalled handshakes are routine
             # on a public TLS port: one quiet line, no traceback.
             logger.debug("TLS handshake with %s failed: %s", format_address(address), exc)
-            conn.close()
-            self._connections.discard(conn)
-            self._wake_slot_waiter()
+            self._refused += 1
             return None
         self._connections.discard(conn)
         self._connections.add(secure)
@@ -375,20 +404,35 @@ class Server:
         thread = self._loop.current()
         if thread is not None:
             thread._name = f"connection from {format_address(address)}"
-        if self.tls is not None:
-            secure = self._handshake(conn, address)
-            if secure is None:
-                return
-            conn = secure
-        if self.idle_timeout is not None:
-            conn.settimeout(self.idle_timeout)
         try:
-            self._handler(conn)
+            if self.tls is not None:
+                secure = self._handshake(conn, address)
+                if secure is None:
+                    return
+                conn = secure
+            if self.idle_timeout is not None:
+                conn.settimeout(self.idle_timeout)
+            self._run_handler(conn, address)
+        finally:
+            conn.close()
+            self._connections.discard(conn)
+            self._wake_slot_waiter()
+            if self._drained is not None and not self._connections:
+                self._drained.set()
+
+    def _run_handler(self, conn: AsyncSocket, address: Any) -> None:
+        try:
+            if self.handler_timeout is None:
+                self._handler(conn)
+            else:
+                with self._loop.timeout(self.handler_timeout):
+                    self._handler(conn)
         except TimeoutError:
-            if self.idle_timeout is None:
+            if self.idle_timeout is None and self.handler_timeout is None:
                 self._handler_errors += 1
                 logger.error("handler for %s raised", format_address(address), exc_info=True)
             else:
+                self._idle_closed += 1
                 logger.info("closing idle connection from %s", format_address(address))
         except ConnectionError as exc:
             # Resets and broken pipes are the peer's doing and routine for a
@@ -397,7 +441,3 @@ class Server:
         except Exception:
             self._handler_errors += 1
             logger.error("handler for %s raised", format_address(address), exc_info=True)
-        finally:
-            conn.close()
-            self._connections.discard(conn)
-            self._wake_slot_waiter()
