@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _originals
 from ._asocket import _UNSET, AsyncSocket
-from ._errors import BusyResourceError, SendallTimeoutError
+from ._errors import BusyResourceError, SendallTimeoutError, closed_error
 from ._loop import Loop
 
 __all__ = ["AsyncTLSSocket", "starttls"]
@@ -119,6 +119,8 @@ class AsyncTLSSocket(AsyncSocket):
         try:
             with memoryview(data) as view, view.cast("B") as octets:
                 total = len(octets)
+                if not total and self.socket.fileno() < 0:
+                    raise closed_error("TLS socket")
                 sent = 0
                 deadline = self._deadline()
                 while sent < total:
