@@ -90,6 +90,7 @@ class AsyncSocket:
 
     __slots__ = (
         "__weakref__",
+        "_clean_turn",
         "_closed",
         "_drained_turn",
         "_io_refs",
@@ -130,8 +131,10 @@ class AsyncSocket:
         self._loop = loop
         #: The poller this socket's fd is registered with (see _poll_epoll).
         self._poller: Any = None
-        #: The loop turn in which a read drained the socket; see recv().
+        #: The loop turn in which a read drained the socket, and the turn in
+        #: which a readiness wake-up without hang-up bits arrived; see recv().
         self._drained_turn = -1
+        self._clean_turn = -1
         self._sending = False
         self._io_refs = 0
         self._closed = False
@@ -142,8 +145,12 @@ class AsyncSocket:
         timeout = self._timeout
         return None if timeout is None else time.monotonic() + timeout
 
-    def _wait(self, writing: bool, deadline: float | None) -> None:
-        """Wait until the socket may be ready in one direction (see the module charter)."""
+    def _wait(self, writing: bool, deadline: float | None) -> int:
+        """Wait until the socket may be ready in one direction (see the module charter).
+
+        Returns the poller's event mask when a loop woke the thread for
+        readiness, else 0.
+        """
         g = getcurrent()
         if isinstance(g, Thread):
             loop = g._loop
@@ -155,9 +162,13 @@ class AsyncSocket:
             fd = self.socket.fileno()
             if fd < 0:
                 raise closed_error()
-            loop._wait_fd(g, self, fd, writing, deadline)
-        else:
-            self._wait_blocking(g, writing, deadline)
+            events = loop._wait_fd(g, self, fd, writing, deadline)
+            if not writing and self._stream:
+                # Only stream sockets: a short datagram read says nothing.
+                self._clean_turn = loop._turn if events and not events & loop._HANGUP else -1
+            return events
+        self._wait_blocking(g, writing, deadline)
+        return 0
 
     def _wait_blocking(self, g: greenlet, writing: bool, deadline: float | None) -> None:
         if g is _dispatcher_of_this_os_thread():
@@ -231,11 +242,15 @@ class AsyncSocket:
         socket is closed (also while waiting), ``ConnectionResetError``.
         """
         loop = self._loop
-        # A read that returned less than asked drained the socket; until the
-        # loop polls again no new readiness can have been reported and lost,
-        # so a second attempt in the same turn would only hit EAGAIN.  (The
-        # poller is edge-triggered: a new arrival after that read is an edge
-        # the next poll reports.)
+        # Skipping a read that would fail: when this thread was woken in the
+        # current loop turn by readiness *without* hang-up bits, and a read
+        # then returned less than asked, the socket was drained and no end of
+        # stream or error was pending when the loop polled.  Anything arriving
+        # since is a new edge the next poll reports, so another read in the
+        # same turn can only hit EAGAIN and the thread may wait at once.
+        # (Without the hang-up condition an end of stream that arrived with
+        # the last data would never be reported again: edge-triggered epoll
+        # reports it once.)
         if loop is None or self._drained_turn != loop._turn or flags:
             try:
                 data = self.socket.recv(bufsize, flags)
@@ -244,7 +259,7 @@ class AsyncSocket:
                     raise
                 return self._recv_wait(bufsize, flags)
             if loop is not None:
-                if 0 < len(data) < bufsize and self._stream and not flags:
+                if 0 < len(data) < bufsize and self._clean_turn == loop._turn and not flags:
                     self._drained_turn = loop._turn
                 loop._budget -= 1
                 if loop._budget <= 0:
@@ -263,9 +278,13 @@ class AsyncSocket:
             except BlockingIOError:
                 continue
             loop = self._loop
-            if loop is not None and 0 < len(data) < bufsize and self._stream and not flags:
-                self._drained_turn = loop._turn
+            if loop is not None and 0 < len(data) < bufsize and not flags:
+                self._note_short_read(loop)
             return data
+
+    def _note_short_read(self, loop: Loop) -> None:
+        if self._clean_turn == loop._turn:
+            self._drained_turn = loop._turn
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); return the count."""
@@ -279,7 +298,8 @@ class AsyncSocket:
                 return self._recv_into_wait(buffer, nbytes, flags)
             if loop is not None:
                 # len() of a non-byte buffer counts items, so this under-claims: safe.
-                if 0 < count < (nbytes or len(buffer)) and self._stream and not flags:
+                short = 0 < count < (nbytes or len(buffer)) and not flags
+                if short and self._clean_turn == loop._turn:
                     self._drained_turn = loop._turn
                 loop._budget -= 1
                 if loop._budget <= 0:
@@ -298,8 +318,8 @@ class AsyncSocket:
             except BlockingIOError:
                 continue
             loop = self._loop
-            if loop is not None and 0 < count < (nbytes or len(buffer)) and self._stream:
-                self._drained_turn = loop._turn if not flags else self._drained_turn
+            if loop is not None and 0 < count < (nbytes or len(buffer)) and not flags:
+                self._note_short_read(loop)
             return count
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:

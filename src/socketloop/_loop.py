@@ -243,6 +243,9 @@ class Loop:
         self._edge: bool = self._poller.edge_triggered
         self._READ: int = self._poller.READ
         self._WRITE: int = self._poller.WRITE
+        #: Event bits saying the peer is gone or the socket failed: after such
+        #: a wake-up a short read does not mean "drained" (see AsyncSocket.recv).
+        self._HANGUP: int = self._poller.HANGUP
         self._readers: dict[int, Thread[Any]] = {}
         self._writers: dict[int, Thread[Any]] = {}
         self._ready: collections.deque[Thread[Any]] = collections.deque()
@@ -631,11 +634,13 @@ class Loop:
         fd: int,
         writing: bool,
         deadline: float | None,
-    ) -> None:
+    ) -> int:
         """Suspend ``thread`` until ``fd`` is ready in one direction.
 
-        Raises ``TimeoutError`` at ``deadline``, ``OSError(EBADF)`` when the
-        socket is closed meanwhile, ``BusyResourceError`` when another thread
+        Returns the poller's event mask when readiness woke the thread (0
+        for any other wake-up, which the caller treats as "retry").  Raises
+        ``TimeoutError`` at ``deadline``, ``OSError(EBADF)`` when the socket
+        is closed meanwhile, ``BusyResourceError`` when another thread
         already waits in that direction.
         """
         table = self._writers if writing else self._readers
@@ -662,11 +667,13 @@ class Loop:
                 handle.cancel()
             if not self._edge and sock._poller is self._poller:
                 self._set_interest_quietly(fd)
-        if value is not None:
-            if value is _TIMEOUT:
-                raise TimeoutError("timed out")
-            if value is _CLOSED:
-                raise closed_error()
+        if type(value) is int:
+            return value
+        if value is _TIMEOUT:
+            raise TimeoutError("timed out")
+        if value is _CLOSED:
+            raise closed_error()
+        return 0
 
     def _wait_fds(
         self,
@@ -1148,7 +1155,7 @@ class Loop:
                         thread._resumer = me
                         thread._state = RUNNING
                         self._budget = FAIRNESS_BUDGET
-                        thread.switch(None)
+                        thread.switch(ev)
                         if closed and fd in closed:
                             continue
                 if ev & write_mask:
@@ -1157,7 +1164,7 @@ class Loop:
                         thread._resumer = me
                         thread._state = RUNNING
                         self._budget = FAIRNESS_BUDGET
-                        thread.switch(None)
+                        thread.switch(ev)
         except BaseException:
             # KeyboardInterrupt/SystemExit out of a thread: the rest of this
             # batch would be lost (edge-triggered readiness is reported once),

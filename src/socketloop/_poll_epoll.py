@@ -48,6 +48,9 @@ class EpollPoller:
     #: Events that wake a writer: buffer space, hang-up, error.
     WRITE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
+    #: Events meaning end of stream, hang-up or error.
+    HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
     __slots__ = ("_epoll", "owner")
 
     def __init__(self, owner: object = None) -> None:

@@ -28,6 +28,9 @@ class PollPoller:
     READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
     WRITE = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
+    #: Events meaning end of stream, hang-up or error.
+    HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
     __slots__ = ("_masks", "_poll", "owner")
 
     def __init__(self, owner: object = None) -> None:
