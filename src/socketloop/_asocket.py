@@ -57,6 +57,9 @@ _RAW_FAMILY: Any = _socket.socket.family
 _RAW_TYPE: Any = _socket.socket.type
 _RAW_PROTO: Any = _socket.socket.proto
 _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC from the type
+#: Sends never raise SIGPIPE, even in a program that restored its default
+#: action (which kills the process): a vanished peer is a BrokenPipeError.
+_NOSIGNAL: int = getattr(_socket, "MSG_NOSIGNAL", 0)
 # io.text_encoding picks the default text encoding the way open() does (3.10+).
 _text_encoding: Any = getattr(io, "text_encoding", lambda encoding: encoding)
 
@@ -258,6 +261,8 @@ class AsyncSocket:
                 if self._timeout == 0.0:
                     raise
                 return self._recv_wait(bufsize, flags)
+            if not data and not bufsize and self.socket.fileno() < 0:
+                raise closed_error()  # CPython answers recv(0) without a system call
             if loop is not None:
                 if 0 < len(data) < bufsize and self._clean_turn == loop._turn and not flags:
                     self._drained_turn = loop._turn
@@ -353,6 +358,7 @@ class AsyncSocket:
         """
         if self._sending:
             raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        flags |= _NOSIGNAL
         try:
             count = self.socket.send(data, flags)
         except BlockingIOError:
@@ -383,6 +389,7 @@ class AsyncSocket:
         """
         if self._sending:
             raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        flags |= _NOSIGNAL
         try:
             sent = self.socket.send(data, flags)
         except BlockingIOError:
@@ -427,8 +434,12 @@ class AsyncSocket:
     def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
         """Send a datagram to ``address`` (``sendto(data[, flags], address)``)."""
         if address is _UNSET:
-            return self._write_op(self.socket.sendto, data, self._resolve(flags_or_address))
-        return self._write_op(self.socket.sendto, data, flags_or_address, self._resolve(address))
+            return self._write_op(
+                self.socket.sendto, data, _NOSIGNAL, self._resolve(flags_or_address)
+            )
+        return self._write_op(
+            self.socket.sendto, data, flags_or_address | _NOSIGNAL, self._resolve(address)
+        )
 
     def sendmsg(
         self,
@@ -439,6 +450,7 @@ class AsyncSocket:
         /,
     ) -> int:
         """Gather-send ``buffers`` with ancillary data, like ``socket.sendmsg``."""
+        flags |= _NOSIGNAL
         if address is None:
             return self._write_op(self.socket.sendmsg, buffers, ancdata, flags)
         return self._write_op(self.socket.sendmsg, buffers, ancdata, flags, address)
@@ -607,7 +619,7 @@ class AsyncSocket:
             return
         if err not in _IN_PROGRESS:
             raise _connect_error(err, address)
-        if self._timeout == 0.0 and deadline is None:
+        if self._timeout == 0.0:
             text = f"{os.strerror(err)} (connecting to {format_address(address)})"
             raise BlockingIOError(err, text)
         while True:
@@ -631,6 +643,8 @@ class AsyncSocket:
             self.connect(address)
         except TimeoutError:
             return errno.EAGAIN
+        except _socket.gaierror:
+            raise  # as with CPython: name resolution errors are raised
         except OSError as exc:
             if exc.errno is None:
                 raise

@@ -21,7 +21,7 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-from ._loop import Loop
+from ._loop import FAIRNESS_BUDGET, Loop
 from ._threads import NORMAL, RUNNING, SUSPENDED, Thread
 
 __all__ = ["CoroLoop"]
@@ -56,6 +56,7 @@ class CoroLoop(Loop):
         self._loop_thread = current
         thread._resumer = current
         thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
         if caller is not None:
             caller._state = NORMAL
         try:

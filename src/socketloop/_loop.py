@@ -458,6 +458,7 @@ class Loop:
         caller = current if isinstance(current, Thread) else None
         thread._resumer = current
         thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
         if caller is not None:
             caller._state = NORMAL
         try:
