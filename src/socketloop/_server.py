@@ -174,7 +174,12 @@ class Server:
         except BaseException:
             sock.close()
             raise
-        return cls(loop, AsyncSocket(sock, loop, timeout=None), handler, **options)
+        listener = AsyncSocket(sock, loop, timeout=None)
+        try:
+            return cls(loop, listener, handler, **options)
+        except BaseException:  # a bad option: do not leave the port bound
+            listener.close()
+            raise
 
     @classmethod
     def listen_unix(
@@ -203,7 +208,16 @@ class Server:
         except BaseException:
             sock.close()
             raise
-        server = cls(loop, AsyncSocket(sock, loop, timeout=None), handler, **options)
+        listener = AsyncSocket(sock, loop, timeout=None)
+        try:
+            server = cls(loop, listener, handler, **options)
+        except BaseException:  # a bad option: remove what was just created
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
         server._unix_path = path
         return server
 
@@ -425,18 +439,27 @@ class Server:
             if self.handler_timeout is None:
                 self._handler(conn)
             else:
-                with self._loop.timeout(self.handler_timeout):
+                with self._loop.move_on_after(self.handler_timeout) as scope:
                     self._handler(conn)
+                if scope.expired:
+                    self._idle_closed += 1
+                    logger.info(
+                        "closing connection from %s: handler_timeout", format_address(address)
+                    )
         except TimeoutError:
-            if self.idle_timeout is None and self.handler_timeout is None:
+            # With idle_timeout set, the connection's calls time out: that is
+            # the idle client being dropped (a TimeoutError of the handler's
+            # own making is indistinguishable from it here).
+            if self.idle_timeout is None:
                 self._handler_errors += 1
                 logger.error("handler for %s raised", format_address(address), exc_info=True)
             else:
                 self._idle_closed += 1
                 logger.info("closing idle connection from %s", format_address(address))
-        except ConnectionError as exc:
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
             # Resets and broken pipes are the peer's doing and routine for a
-            # server: one line, no traceback.
+            # server: one line, no traceback.  (A ConnectionRefusedError, from
+            # the handler's own outgoing connection, is a handler error.)
             logger.info("connection from %s ended: %s", format_address(address), exc)
         except Exception:
             self._handler_errors += 1
