@@ -577,6 +577,7 @@ class Loop:
         block: bool,
         timeout: float | None,
     ) -> None:
+        self._check()
         if thread._state == DEAD:
             return
         error = exc() if isinstance(exc, type) else exc
@@ -843,6 +844,8 @@ class Loop:
         """
         from ._asocket import AsyncSocket
 
+        if self._closed:
+            raise RuntimeError("this loop is closed")
         return AsyncSocket(sock, self)
 
     def connect(
@@ -1123,6 +1126,8 @@ class Loop:
                 self._polling = False
             self._turn += 1
             if events:
+                if not self._edge:
+                    self._drain_wakeup_if_reported(events)
                 self._dispatch_io(events, me)
             if self._wakeup.pending:
                 self._run_threadsafe()
@@ -1182,6 +1187,17 @@ class Loop:
         if thread is not None and thread._state == WAITING:
             del table[fd]
             self._schedule(thread)
+
+    def _drain_wakeup_if_reported(self, events: list[tuple[int, int]]) -> None:
+        # Level-triggered backends report the wake-up fd until it is read.  A
+        # write that landed after the flag was cleared leaves it readable with
+        # the flag down; read it whenever it shows up, or poll() would spin.
+        fd = self._wakeup.fd
+        for event_fd, _ in events:
+            if event_fd == fd:
+                if not self._wakeup.pending:
+                    self._wakeup.clear()
+                return
 
     def _run_threadsafe(self) -> None:
         self._wakeup.clear()
@@ -1295,6 +1311,10 @@ class Loop:
         stuck = [t for t in self._threads if t._state == WAITING]
         if not stuck:
             return False
+        if any(other._has_pending() for other in loops_of_this_os_thread() if other is not self):
+            # A thread of another loop of this OS thread may still set the
+            # event or release the lock; running that loop is the caller's job.
+            return False
         suspended = [t for t in self._threads if t._state == SUSPENDED]
         lines = [f"{t.name!r} waits on {self._describe_wait(t)}" for t in stuck]
         lines += [f"{t.name!r} is suspended (only resume() can wake it)" for t in suspended]
@@ -1380,6 +1400,8 @@ class Loop:
         """
         if self._closed:
             return
+        if self._owner is not None and self._owner != threading.get_ident():
+            raise RuntimeError("a loop can only be closed from the OS thread that runs it")
         if self._running or self._dispatching:
             raise RuntimeError("cannot close a running loop; stop() it first")
         g = getcurrent()
@@ -1462,6 +1484,8 @@ class Loop:
         """
         from ._introspect import Watchdog
 
+        if threshold is not None:
+            self._check()
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
@@ -1502,6 +1526,12 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 #: that garbage collection never runs their ``finally`` blocks in the child
 #: (which could close or write to sockets the parent still uses).
 _abandoned: list[Thread[Any]] = []
+
+
+def loops_of_this_os_thread() -> list[Loop]:
+    """The open loops bound to (or not yet bound to any) calling OS thread."""
+    ident = threading.get_ident()
+    return [loop for loop in list(_live_loops) if loop._owner in (None, ident) and not loop._closed]
 
 
 def _after_fork_in_child() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import heapq
 import queue as _queue
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -33,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from greenlet import getcurrent, greenlet
 
-from ._loop import _TIMEOUT, Loop, get_loop
+from ._loop import _TIMEOUT, Loop, get_loop, loops_of_this_os_thread
 from ._threads import WAITING, Thread
 
 __all__ = [
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: When a wait outside loop threads must run several loops of one OS thread,
+#: each gets a step of at most this long in turn, so none is starved and the
+#: wait notices its grant promptly.
+_SHARED_STEP = 0.01
 
 
 class _Waiter:
@@ -152,10 +158,7 @@ class _WaitQueue:
         deadline: float | None,
         give_back: Callable[[_Waiter], None] | None,
     ) -> _Waiter:
-        loop = self._loop_hint
-        if loop is None or loop.closed:
-            loop = get_loop()
-        loop._refuse_in_dispatcher(current, f"waiting on {primitive!r}")
+        get_loop()._refuse_in_dispatcher(current, f"waiting on {primitive!r}")
         waiter = _Waiter(current, None)
         self._waiters.append(waiter)
         try:
@@ -165,10 +168,11 @@ class _WaitQueue:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError(f"timed out waiting for {primitive!r}")
-                if not loop.step(remaining):
+                if not self._run_loops(remaining):
                     raise RuntimeError(
                         f"waiting on {primitive!r} outside any loop thread would block "
-                        "forever: nothing in the loop is left that could release it"
+                        "forever: no loop of this OS thread has anything left that could "
+                        "release it"
                     )
             return waiter
         except BaseException:
@@ -176,6 +180,26 @@ class _WaitQueue:
             if waiter.granted and give_back is not None:
                 give_back(waiter)
             raise
+
+    def _run_loops(self, timeout: float | None) -> bool:
+        """Run one step of the loop(s) that could end an outside wait; False if none can.
+
+        The loop of the last thread that waited here comes first; otherwise
+        every open loop of this OS thread with something pending is a
+        candidate.  Several candidates share the time in short steps.
+        """
+        hint = self._loop_hint
+        if hint is not None and not hint.closed and hint._has_pending():
+            return hint.step(timeout)
+        candidates = [loop for loop in loops_of_this_os_thread() if loop._has_pending()]
+        if not candidates:
+            return False
+        if len(candidates) == 1:
+            return candidates[0].step(timeout)
+        for loop in candidates:
+            slice_ = _SHARED_STEP if timeout is None else min(timeout, _SHARED_STEP)
+            loop.step(slice_ / len(candidates))
+        return True
 
     def _discard(self, waiter: _Waiter) -> None:
         try:
@@ -446,8 +470,23 @@ class Condition(_ContextLock):
         except TimeoutError:
             return False
         finally:
-            self._lock._acquire_restore(saved)
+            self._reacquire(saved)
         return True
+
+    def _reacquire(self, saved: Any) -> None:
+        # The lock must be held again before wait() returns or raises (the
+        # caller's `with` releases it).  A kill or timeout that arrives while
+        # re-acquiring is kept and raised once the lock is back.
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._lock._acquire_restore(saved)
+                break
+            except BaseException as exc:
+                if interrupted is None:
+                    interrupted = exc
+        if interrupted is not None and sys.exc_info()[1] is None:
+            raise interrupted
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is true (or the timeout passes); return its value."""

@@ -136,7 +136,8 @@ class Thread(greenlet, Generic[T]):
                 # (the dispatcher, or the caller of newthread/resume).
                 self._loop._thread_finished(self)
                 raise
-            logger.error("%s raised %s", self.name, type(exc).__name__, exc_info=exc)
+            else:
+                logger.error("%s raised %s", self.name, type(exc).__name__, exc_info=exc)
         self._loop._thread_finished(self)
 
     # ---------------------------------------------------------------- public
