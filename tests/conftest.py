@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 import socketloop
-from socketloop import AsyncSocket, CoroLoop, Loop
+from socketloop import AsyncSocket, CoroLoop, Loop, coro
+from socketloop._loop import _defaults as _loop_defaults
+from socketloop._loop import _live_loops
 
 LOOP_KINDS = ["asym", "coro", "asym-poll"]
 
@@ -43,16 +45,35 @@ def _open_fds() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_fds() -> Iterator[None]:
-    """Fail a test that leaves file descriptors open."""
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Around every test: no file descriptor, loop, thread, waiter or timer left behind.
+
+    Loops a test creates must be closed by it (fixtures do that for theirs);
+    the per-OS-thread default loops may stay open but must be idle.
+    """
     gc.collect()
     before = _open_fds()
+    loops_before = set(_live_loops)
     yield
+    leftovers = [lp for lp in list(_live_loops) if lp not in loops_before and not lp.closed]
+    defaults = {_default_loop(socketloop), _default_loop(coro)}
+    unclosed = [lp for lp in leftovers if lp not in defaults]
+    for lp in unclosed:
+        lp.close()
+    assert not unclosed, f"loops left open: {unclosed}"
+    for lp in list(_live_loops):
+        if not lp.closed:
+            _assert_idle(lp, request)
     gc.collect()
     leaked = _open_fds() - before
     # /proc listing itself may briefly hold one fd; check the survivors.
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked, f"leaked fds: {sorted(leaked)}"
+
+
+def _default_loop(module: Any) -> Loop | None:
+    """The module's default loop for this OS thread, without creating one."""
+    return getattr(module._defaults if module is coro else _loop_defaults, "loop", None)
 
 
 def _assert_idle(lp: Loop, request: pytest.FixtureRequest) -> None:
