@@ -59,7 +59,7 @@ _RAW_PROTO: Any = _socket.socket.proto
 _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC from the type
 #: Sends never raise SIGPIPE, even in a program that restored its default
 #: action (which kills the process): a vanished peer is a BrokenPipeError.
-_NOSIGNAL: int = getattr(_socket, "MSG_NOSIGNAL", 0)
+_NOSIGNAL: int = int(getattr(_socket, "MSG_NOSIGNAL", 0))  # a plain int: IntFlag "|" is slow
 # io.text_encoding picks the default text encoding the way open() does (3.10+).
 _text_encoding: Any = getattr(io, "text_encoding", lambda encoding: encoding)
 
