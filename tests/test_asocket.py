@@ -542,26 +542,25 @@ def test_socket_attribute_is_the_original_socket_object(loop: Loop) -> None:
         assert sock.socket is raw
 
 
-def test_unknown_attributes_are_forwarded_to_the_socket(
+def test_the_wrapper_offers_every_public_attribute_of_socket_socket(
     pair: tuple[AsyncSocket, AsyncSocket],
 ) -> None:
     a, _ = pair
-    # Whatever socket.socket offers that the wrapper does not define itself
-    # (sendmsg_afalg on Linux, ...).
-    forwarded = [
-        name for name in dir(socket.socket) if not name.startswith("_") and name not in dir(a)
+    # Spelled out rather than forwarded with __getattr__ (which would slow
+    # every attribute access): check nothing was forgotten.
+    missing = [
+        name for name in dir(socket.socket) if not name.startswith("_") and not hasattr(a, name)
     ]
-    assert forwarded
-    for name in forwarded:
-        assert getattr(a, name) == getattr(a.socket, name)
+    assert not missing
 
 
 def test_attributes_the_socket_lacks_raise_attribute_error(
     pair: tuple[AsyncSocket, AsyncSocket],
 ) -> None:
     a, _ = pair
+    name = "no_such_attribute"
     with pytest.raises(AttributeError):
-        a.no_such_attribute  # noqa: B018
+        getattr(a, name)
 
 
 # ---------------------------------------------------------------- 3. timeouts

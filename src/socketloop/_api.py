@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket as _socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from ._threads import Thread
 from ._timers import TimerHandle
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._loop import Loop, Resolver
     from ._server import Server
     from ._timeouts import Timeout
+    from ._tls import AsyncTLSSocket
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,6 +36,34 @@ class LoopFunctions(Generic[L]):
     def wrap(self, sock: _socket.socket) -> AsyncSocket:
         return self.get_loop().wrap(sock)
 
+    @overload
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = ...,
+        local_port: int | None = ...,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[False] | None = ...,
+        server_hostname: str | None = ...,
+        happy_eyeballs_delay: float | None = ...,
+    ) -> AsyncSocket: ...
+
+    @overload
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = ...,
+        local_port: int | None = ...,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[True] | ssl.SSLContext,
+        server_hostname: str | None = ...,
+        happy_eyeballs_delay: float | None = ...,
+    ) -> AsyncTLSSocket: ...
+
     def connect(
         self,
         address: str,
@@ -47,7 +76,8 @@ class LoopFunctions(Generic[L]):
         server_hostname: str | None = None,
         happy_eyeballs_delay: float | None = 0.25,
     ) -> AsyncSocket:
-        return self.get_loop().connect(
+        loop: Any = self.get_loop()  # the overloads are re-declared above
+        return loop.connect(  # type: ignore[no-any-return]
             address,
             port,
             local_address,
@@ -58,6 +88,26 @@ class LoopFunctions(Generic[L]):
             happy_eyeballs_delay=happy_eyeballs_delay,
         )
 
+    @overload
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[False] | None = ...,
+        server_hostname: str | None = ...,
+    ) -> AsyncSocket: ...
+
+    @overload
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[True] | ssl.SSLContext,
+        server_hostname: str | None = ...,
+    ) -> AsyncTLSSocket: ...
+
     def connect_unix(
         self,
         path: str | bytes,
@@ -66,7 +116,8 @@ class LoopFunctions(Generic[L]):
         tls: bool | ssl.SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> AsyncSocket:
-        return self.get_loop().connect_unix(
+        loop: Any = self.get_loop()
+        return loop.connect_unix(  # type: ignore[no-any-return]
             path, timeout=timeout, tls=tls, server_hostname=server_hostname
         )
 

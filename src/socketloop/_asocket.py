@@ -47,6 +47,7 @@ from ._threads import Thread
 __all__ = ["AsyncSocket", "SocketIO", "format_address"]
 
 R = TypeVar("R")
+S = TypeVar("S", bound="AsyncSocket")
 
 _UNSET: Any = object()
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK})
@@ -155,7 +156,7 @@ class AsyncSocket:
         readiness, else 0.
         """
         g = getcurrent()
-        if isinstance(g, Thread):
+        if type(g) is Thread:  # (never subclassed; faster than isinstance)
             loop = g._loop
             if loop._closed:
                 raise RuntimeError("the loop of the calling thread is closed")
@@ -216,11 +217,11 @@ class AsyncSocket:
             except BlockingIOError:
                 continue
 
-    def _write_op(self, op: Callable[..., R], *args: Any) -> R:
+    def _write_op(self, op: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         if self._sending:
             raise BusyResourceError(f"another thread is in sendall() on {self!r}")
         try:
-            result = op(*args)
+            result = op(*args, **kwargs)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
@@ -231,7 +232,7 @@ class AsyncSocket:
         while True:
             self._wait(True, deadline)
             try:
-                return op(*args)
+                return op(*args, **kwargs)
             except BlockingIOError:
                 continue
 
@@ -256,7 +257,7 @@ class AsyncSocket:
         # reports it once.)
         if loop is None or self._drained_turn != loop._turn or flags:
             try:
-                data = self.socket.recv(bufsize, flags)
+                data = self.socket.recv(bufsize, flags) if flags else self.socket.recv(bufsize)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
@@ -279,7 +280,7 @@ class AsyncSocket:
         while True:
             self._wait(False, deadline)
             try:
-                data = self.socket.recv(bufsize, flags)
+                data = self.socket.recv(bufsize, flags) if flags else self.socket.recv(bufsize)
             except BlockingIOError:
                 continue
             loop = self._loop
@@ -737,7 +738,7 @@ class AsyncSocket:
         if self._closed:
             self.close()
 
-    def __enter__(self) -> AsyncSocket:
+    def __enter__(self: S) -> S:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -826,11 +827,14 @@ class AsyncSocket:
     def set_inheritable(self, inheritable: bool, /) -> None:
         self.socket.set_inheritable(inheritable)
 
-    def __getattr__(self, name: str) -> Any:
-        # Anything else socket.socket has (ioctl, share, sendmsg_afalg, ...).
-        if name == "socket":
-            raise AttributeError(name)
-        return getattr(self.socket, name)
+    def sendmsg_afalg(self, *args: Any, **kwargs: Any) -> int:
+        """``socket.sendmsg_afalg`` (Linux AF_ALG sockets), cooperative."""
+        return self._write_op(self.socket.sendmsg_afalg, *args, **kwargs)
+
+    # No __getattr__ forwarding on purpose: a class with __getattr__ routes
+    # every attribute access through a slower lookup and defeats CPython's
+    # attribute specialisation, which the hot path depends on.  The whole
+    # socket.socket API is spelled out above.
 
     def __repr__(self) -> str:
         text = repr(self.socket)

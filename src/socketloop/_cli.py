@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help="serve and fetch pages concurrently")
     demo_parser.add_argument("--pages", type=int, default=10, help="pages to fetch (10)")
     demo_parser.add_argument("--delay", type=float, default=0.2, help="seconds per page (0.2)")
-    get_parser = commands.add_parser("get", help="fetch http URLs concurrently")
+    get_parser = commands.add_parser("get", help="fetch http and https URLs concurrently")
     get_parser.add_argument("urls", nargs="+", metavar="URL")
     get_parser.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
     get_parser.add_argument(

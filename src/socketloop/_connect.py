@@ -244,6 +244,8 @@ def open_unix_connection(
     server_hostname: str | None = None,
 ) -> AsyncSocket:
     """The body of ``Loop.connect_unix``."""
+    if tls and server_hostname is None and (tls is True or getattr(tls, "check_hostname", False)):
+        raise ValueError("TLS over a Unix socket needs server_hostname")
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     plain = _originals.socket_class(_socket.AF_UNIX, _socket.SOCK_STREAM)
     asock = AsyncSocket(plain, loop, timeout=None)
@@ -253,8 +255,6 @@ def open_unix_connection(
         asock.close()
         raise
     if tls:
-        if server_hostname is None and (tls is True or getattr(tls, "check_hostname", False)):
-            raise ValueError("TLS over a Unix socket needs server_hostname")
         asock = _start_client_tls(asock, tls, server_hostname, deadline)
     asock._timeout = _socket.getdefaulttimeout()
     return asock

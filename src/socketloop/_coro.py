@@ -43,11 +43,12 @@ class CoroLoop(Loop):
             target = self._check()
         return target
 
-    def _park(self, thread: Thread[Any]) -> Any:
-        return self._loop_target().switch(None)
-
-    def _park_target(self, thread: Thread[Any]) -> greenlet:
-        return self._loop_target()
+    # Parking is inherited unchanged: a thread hands control to its
+    # ``_resumer``, and every way into a symmetric thread sets that to the
+    # loop thread of the moment (the dispatcher, the caller of
+    # resume/newthread, or for ``transfer`` the current loop thread).  It
+    # cannot go stale: the binding only changes inside resume()/newthread()
+    # calls the thread itself makes, which restore it before returning.
 
     def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
         current = getcurrent()
@@ -95,8 +96,11 @@ class CoroLoop(Loop):
             self._check_resumable(thread, "transfer to")
         if isinstance(current, Thread) and current._loop is self:
             current._state = SUSPENDED
-        thread._resumer = current
+        # Not the caller: a transferred-to thread that suspends or ends goes
+        # to the loop thread, not back to whoever transferred to it.
+        thread._resumer = self._loop_target()
         thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
         value = thread.switch(arg)
         if isinstance(current, Thread):
             self._deliver_pending_kill(current)

@@ -45,7 +45,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from greenlet import getcurrent, greenlet
 
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from ._asocket import AsyncSocket
     from ._server import Server
     from ._timeouts import Timeout
+    from ._tls import AsyncTLSSocket
 
 #: A resolver: ``getaddrinfo``'s signature.  It is called in the calling loop
 #: thread and may suspend it (e.g. a DNS client built on socketloop sockets).
@@ -442,8 +443,9 @@ class Loop:
         }.get(state, STATE_NAMES[state])
         raise RuntimeError(f"cannot {verb} {thread!r}: {reason}")
 
-    # The four primitives the two thread models differ in.  Asymmetric: a
-    # thread hands control back to whoever resumed it last.
+    # The primitives the two thread models differ in (see _coro for the
+    # symmetric ones).  A thread hands control back to its ``_resumer``:
+    # whoever resumed it last in the asymmetric model.
 
     def _park(self, thread: Thread[Any]) -> Any:
         """Switch away from ``thread`` (whose state the caller has set)."""
@@ -660,7 +662,7 @@ class Loop:
                 self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
             if deadline is not None:
                 handle = self._timers.add(deadline, self._wait_expired, (thread,))
-            value = self._park(thread)
+            value = thread._resumer.switch(None)  # _park, inlined: the hot path
         finally:
             if table.get(fd) is thread:
                 del table[fd]
@@ -848,6 +850,34 @@ class Loop:
             raise RuntimeError("this loop is closed")
         return AsyncSocket(sock, self)
 
+    @overload
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = ...,
+        local_port: int | None = ...,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[False] | None = ...,
+        server_hostname: str | None = ...,
+        happy_eyeballs_delay: float | None = ...,
+    ) -> AsyncSocket: ...
+
+    @overload
+    def connect(
+        self,
+        address: str,
+        port: int | str,
+        local_address: str | None = ...,
+        local_port: int | None = ...,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[True] | ssl.SSLContext,
+        server_hostname: str | None = ...,
+        happy_eyeballs_delay: float | None = ...,
+    ) -> AsyncTLSSocket: ...
+
     def connect(
         self,
         address: str,
@@ -894,6 +924,26 @@ class Loop:
             server_hostname=server_hostname,
             happy_eyeballs_delay=happy_eyeballs_delay,
         )
+
+    @overload
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[False] | None = ...,
+        server_hostname: str | None = ...,
+    ) -> AsyncSocket: ...
+
+    @overload
+    def connect_unix(
+        self,
+        path: str | bytes,
+        *,
+        timeout: float | None = ...,
+        tls: Literal[True] | ssl.SSLContext,
+        server_hostname: str | None = ...,
+    ) -> AsyncTLSSocket: ...
 
     def connect_unix(
         self,

@@ -26,6 +26,7 @@ create_server = _socket.create_server
 socketpair = _socket.socketpair
 fromfd = _socket.fromfd
 SSLContext = _ssl.SSLContext
+SSLContext_wrap_socket = _ssl.SSLContext.wrap_socket
 create_default_context = _ssl.create_default_context
 poll = _select.poll
 select = _select.select

@@ -12,8 +12,9 @@ What each switch replaces:
 - ``socket``: ``socket.socket``/``SocketType`` (cooperative ``AsyncSocket``
   class), ``create_connection``, ``create_server``, ``socketpair``,
   ``fromfd`` and the resolver functions (which resolve off the loop).
-- ``ssl``: ``ssl.SSLContext`` and ``ssl.create_default_context`` (contexts
-  whose ``wrap_socket`` accepts cooperative sockets).
+- ``ssl``: ``ssl.SSLContext.wrap_socket`` (every context, also those made
+  before patching, then accepts cooperative sockets and returns cooperative
+  TLS sockets for them).
 - ``select``: ``select.select``, ``select.poll`` and
   ``selectors.DefaultSelector`` (a non-zero timeout suspends only the
   calling loop thread).
@@ -50,8 +51,8 @@ from ._threads import Thread
 
 __all__ = ["is_patched", "patch", "patched", "unpatch"]
 
-#: (module, attribute) -> original value, for everything currently patched.
-_saved: dict[tuple[ModuleType, str], Any] = {}
+#: (module or class, attribute) -> original value, for everything currently patched.
+_saved: dict[tuple[Any, str], Any] = {}
 
 _original_sleep = _originals.sleep
 
@@ -67,8 +68,8 @@ def _cooperative_sleep(seconds: float) -> None:
 
 def _replacements(
     socket: bool, ssl: bool, select_: bool, time_: bool, threading_: bool
-) -> list[tuple[ModuleType, str, Any]]:
-    items: list[tuple[ModuleType, str, Any]] = []
+) -> list[tuple[Any, str, Any]]:
+    items: list[tuple[Any, str, Any]] = []
     if socket:
         from . import socket as drop_in
 
@@ -90,9 +91,12 @@ def _replacements(
     if ssl:
         from . import ssl as cooperative_ssl
 
-        items.append((_stdlib_ssl, "SSLContext", cooperative_ssl.SSLContext))
+        # The method, not the class: the stdlib's SSLContext setters look the
+        # class up by name (super(SSLContext, SSLContext)), so replacing the
+        # name would make them recurse; and patching the method also covers
+        # contexts made before patch() and classes bound at import time.
         items.append(
-            (_stdlib_ssl, "create_default_context", cooperative_ssl.create_default_context)
+            (_stdlib_ssl.SSLContext, "wrap_socket", cooperative_ssl.cooperative_wrap_socket)
         )
     if select_:
         from . import _select
@@ -146,7 +150,7 @@ def unpatch() -> None:
     _saved.clear()
 
 
-def is_patched(module: ModuleType, name: str) -> bool:
+def is_patched(module: Any, name: str) -> bool:
     """Whether ``module.name`` is currently replaced by ``patch()``."""
     return (module, name) in _saved
 
@@ -175,13 +179,16 @@ def patched(
                 setattr(module, name, _saved.pop(key))
 
 
-def _warn_about_early_imports(originals: list[tuple[ModuleType, str, Any]]) -> None:
+def _warn_about_early_imports(originals: list[tuple[Any, str, Any]]) -> None:
+    # Only module-level names can be captured by "from module import name";
+    # patched methods reach every user through the class.
+    module_items = [item for item in originals if isinstance(item[0], ModuleType)]
     wanted = {
         id(original): f"{module.__name__}.{name}"
-        for module, name, original in originals
+        for module, name, original in module_items
         if not isinstance(original, (int, str))
     }
-    patched_modules = {module.__name__ for module, _, _ in originals}
+    patched_modules = {module.__name__ for module, _, _ in module_items}
     found: dict[str, set[str]] = {}
     for module_name, module in list(sys.modules.items()):
         if (

@@ -173,7 +173,12 @@ class AsyncTLSSocket(AsyncSocket):
 
     def unwrap(self) -> AsyncSocket:
         """Shut TLS down (close_notify both ways) and return the plain async socket."""
-        plain = self._tls_call(self.socket.unwrap)
+        ssl_sock = self.socket
+        self._tls_call(ssl_sock.unwrap)
+        # SSLSocket.unwrap returns itself, still an SSLSocket: move the fd to a
+        # plain socket object so the connection goes on in clear text.
+        family, type_, proto = ssl_sock.family, ssl_sock.type, ssl_sock.proto
+        plain = _originals.socket_class(family, type_, proto, ssl_sock.detach())
         self._closed = True
         asock = AsyncSocket(plain, self._loop, timeout=self._timeout)
         asock._poller, self._poller = self._poller, None
@@ -181,6 +186,66 @@ class AsyncTLSSocket(AsyncSocket):
 
     def dup(self) -> AsyncSocket:
         raise NotImplementedError(f"Can't dup() {type(self).__name__} instances")
+
+    # The rest of the SSLSocket API, delegated.
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        return self.socket.getpeercert(binary_form)
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self.socket.cipher()
+
+    def shared_ciphers(self) -> list[tuple[str, str, int]] | None:
+        return self.socket.shared_ciphers()
+
+    def compression(self) -> str | None:
+        return self.socket.compression()
+
+    def version(self) -> str | None:
+        return self.socket.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self.socket.selected_alpn_protocol()
+
+    def selected_npn_protocol(self) -> str | None:
+        return self.socket.selected_npn_protocol()
+
+    def pending(self) -> int:
+        """Bytes of decrypted data buffered by OpenSSL, readable without waiting."""
+        return self.socket.pending()
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
+        return self.socket.get_channel_binding(cb_type)
+
+    def verify_client_post_handshake(self) -> None:
+        self.socket.verify_client_post_handshake()
+
+    @property
+    def context(self) -> _ssl.SSLContext:
+        return self.socket.context
+
+    @context.setter
+    def context(self, context: _ssl.SSLContext) -> None:
+        self.socket.context = context
+
+    @property
+    def session(self) -> _ssl.SSLSession | None:
+        return self.socket.session
+
+    @session.setter
+    def session(self, session: _ssl.SSLSession | None) -> None:
+        self.socket.session = session
+
+    @property
+    def session_reused(self) -> bool | None:
+        return self.socket.session_reused
+
+    @property
+    def server_side(self) -> bool:
+        return self.socket.server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        return self.socket.server_hostname
 
     def starttls(self, *args: Any, **kwargs: Any) -> AsyncTLSSocket:
         raise ValueError("TLS is already active on this socket")
@@ -208,7 +273,7 @@ def starttls(
         if loop._readers.get(fd) is not None or loop._writers.get(fd) is not None:
             raise BusyResourceError(f"cannot start TLS while a thread waits on {asock!r}")
     # The base class method: a socketloop.ssl.SSLContext would route back here.
-    ssl_sock = _originals.SSLContext.wrap_socket(
+    ssl_sock = _originals.SSLContext_wrap_socket(
         context,
         raw,
         server_side=server_side,

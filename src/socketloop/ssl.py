@@ -35,46 +35,51 @@ __all__ = sorted(  # noqa: PLE0605  (the standard module's names, computed)
 )
 
 
+def cooperative_wrap_socket(
+    self: _stdlib_ssl.SSLContext,
+    sock: Any,
+    server_side: bool = False,
+    do_handshake_on_connect: bool = True,
+    suppress_ragged_eofs: bool = True,
+    server_hostname: str | bytes | None = None,
+    session: _stdlib_ssl.SSLSession | None = None,
+) -> Any:
+    """``SSLContext.wrap_socket`` that turns an ``AsyncSocket`` into an ``AsyncTLSSocket``.
+
+    For an async socket the handshake (when ``do_handshake_on_connect``)
+    suspends only the calling loop thread, within the socket's timeout; any
+    other socket is wrapped exactly as the standard library does.
+    """
+    if isinstance(sock, AsyncSocket):
+        hostname = (
+            server_hostname.decode("idna")
+            if isinstance(server_hostname, bytes)
+            else server_hostname
+        )
+        return starttls(
+            sock,
+            self,
+            hostname,
+            server_side,
+            do_handshake=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            session=session,
+        )
+    return _originals.SSLContext_wrap_socket(
+        self,
+        sock,
+        server_side=server_side,
+        do_handshake_on_connect=do_handshake_on_connect,
+        suppress_ragged_eofs=suppress_ragged_eofs,
+        server_hostname=server_hostname,
+        session=session,
+    )
+
+
 class SSLContext(_stdlib_ssl.SSLContext):
     """``ssl.SSLContext`` whose ``wrap_socket`` also takes socketloop sockets."""
 
-    def wrap_socket(
-        self,
-        sock: Any,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: _stdlib_ssl.SSLSession | None = None,
-    ) -> Any:
-        """Start TLS on ``sock``; an ``AsyncSocket`` gives an ``AsyncTLSSocket``.
-
-        For an async socket the handshake (when ``do_handshake_on_connect``)
-        suspends only the calling loop thread, within the socket's timeout.
-        """
-        if isinstance(sock, AsyncSocket):
-            hostname = (
-                server_hostname.decode("idna")
-                if isinstance(server_hostname, bytes)
-                else server_hostname
-            )
-            return starttls(
-                sock,
-                self,
-                hostname,
-                server_side,
-                do_handshake=do_handshake_on_connect,
-                suppress_ragged_eofs=suppress_ragged_eofs,
-                session=session,
-            )
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=do_handshake_on_connect,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session,
-        )
+    wrap_socket = cooperative_wrap_socket
 
 
 def create_default_context(
