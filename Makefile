@@ -20,12 +20,61 @@ demo: $(STAMP)
 test: lint unit
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks soak
+	$(PY) -m ruff format --check src tests benchmarks soak
 	$(PY) -m mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make soak SECONDS=600`: 1,000 connections with injected faults through an
+# echo and a relay server; prints what was exchanged and fails on any loss,
+# corruption, leaked fd or thread.  SOAK_ARGS, e.g. "--loop coro --seed 7".
+SECONDS ?= 60
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) soak/soak.py --seconds $(SECONDS) $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# ------------------------------------------------------------------ benchmarks
+# `make bench`: the peers (gevent, uvloop, trio) and matplotlib go into their
+# own virtualenv, never the project's .venv.  The C load generator and the C
+# reference server are optional and taken by path, e.g.
+#   make bench ECHOLOAD=../shared/bench/echoload ECHOSERV=../shared/bench/echoserv
+# Without ECHOLOAD the suite uses benchmarks/loadgen.py (pure Python; it says
+# where it is the bottleneck).  BENCH_ARGS goes to run.py as is, e.g.
+#   make bench BENCH_ARGS="--rounds 5 --servers socketloop,gevent"
+BENCH_VENV  ?= .bench-venv
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_PEERS := gevent uvloop trio matplotlib
+ECHOLOAD ?=
+ECHOSERV ?=
+BENCH_ARGS ?=
+BENCH_TOOLS = $(if $(ECHOLOAD),--echoload $(ECHOLOAD)) $(if $(ECHOSERV),--echoserv $(ECHOSERV))
+
+.PHONY: bench-quick
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -e .
+	@for p in $(BENCH_PEERS); do \
+		$(BENCH_PY) -m pip install --quiet $$p || echo "warning: $$p did not install: its rows are skipped"; \
+	done
+	touch $(BENCH_STAMP)
+
+# Full matrix (about 30 minutes on 2 cores), then the micro-benchmarks, then
+# the README table.  run.py installs wrk with apt-get when it can.
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/run.py $(BENCH_TOOLS) $(BENCH_ARGS)
+	$(BENCH_PY) benchmarks/micro.py
+	$(BENCH_PY) benchmarks/update_readme.py
+
+# A smoke run of everything (a few minutes); results go to
+# benchmarks/results/raw/quick/ and the README is left alone.
+bench-quick: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/run.py --quick --out benchmarks/results/raw/quick $(BENCH_TOOLS) $(BENCH_ARGS)
+	$(BENCH_PY) benchmarks/micro.py --quick --out benchmarks/results/raw/quick

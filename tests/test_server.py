@@ -711,3 +711,72 @@ def test_module_stop_from_a_handler_leaves_the_server_open(api: types.ModuleType
     assert not server.closed
     assert server.statistics()["accepted"] == 1
     close_and_drain(api.get_loop(), server)
+
+
+# ------------------------------------------------------------ graceful stop
+
+
+def test_stop_lets_handlers_finish_within_the_grace_period(
+    loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    def slow(conn: AsyncSocket) -> None:
+        loop.sleep(0.02)
+        conn.sendall(b"done")
+
+    server = loop.newserver("127.0.0.1", 0, slow)
+
+    def client_and_stop() -> bytes:
+        sock = loop.connect("127.0.0.1", server.port)
+        with sock:
+            loop.sleep(0)  # the handler starts and sleeps
+            server.stop(grace=5)
+            return read_all(sock)
+
+    assert run(loop, client_and_stop) == b"done"
+    assert server.statistics()["stopped"] == 0
+    assert not error_records(caplog)
+
+
+def test_stop_closes_handlers_that_outlive_the_grace_period_quietly(
+    loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcome: list[int | None] = []
+
+    def stubborn(conn: AsyncSocket) -> None:
+        try:
+            conn.recv(100)  # the client never sends
+        except OSError as exc:
+            outcome.append(exc.errno)
+            raise
+
+    server = loop.newserver("127.0.0.1", 0, stubborn)
+
+    def client_and_stop() -> dict[str, int]:
+        with loop.connect("127.0.0.1", server.port):
+            loop.sleep(0)
+            server.stop(grace=0.01)
+            return server.statistics()
+
+    with caplog.at_level(logging.INFO, logger="socketloop"):
+        stats = run(loop, client_and_stop)
+    assert outcome == [errno.EBADF]
+    # stop() returned after the handler unwound, and did not call it a crash.
+    assert stats["active"] == 0
+    assert stats["stopped"] == 1
+    assert stats["handler_errors"] == 0
+    assert not error_records(caplog)
+
+
+def test_stop_called_by_a_handler_spares_its_own_connection(loop: Loop) -> None:
+    def stopping_handler(conn: AsyncSocket) -> None:
+        server.stop(grace=0)
+        conn.sendall(b"still open")
+
+    server = loop.newserver("127.0.0.1", 0, stopping_handler)
+
+    def client() -> bytes:
+        with loop.connect("127.0.0.1", server.port) as sock:
+            return read_all(sock)
+
+    assert run(loop, client) == b"still open"
+    assert server.closed

@@ -70,6 +70,11 @@ ACCEPT_BACKOFF_MAX = 1.0
 #: dropped after this without affecting anyone else.
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 
+#: After stop() closes the connections of handlers that outlived their grace
+#: period, it gives them this long to unwind (they get EBADF at once, so this
+#: only matters for a handler that catches it and carries on).
+STOP_UNWIND_TIMEOUT = 1.0
+
 #: accept() errors that mean the listening socket itself is unusable.
 FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 
@@ -124,7 +129,10 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self._unix_path: str | bytes | None = None
         self._closed = False
-        self._connections: set[AsyncSocket] = set()
+        #: Each running handler's connection, and its thread once it started.
+        self._connections: dict[AsyncSocket, Thread[Any] | None] = {}
+        self._stopper: Thread[Any] | None = None  # a handler thread that called stop()
+        self._stopped = 0
         self._accepted = 0
         self._errors = 0
         self._handler_errors = 0
@@ -258,16 +266,35 @@ class Server:
         New connects are refused from the first instant.  Running handlers get
         up to ``grace`` seconds (None: no waiting) to end by themselves;
         whatever is still running then has its connection closed, so its
-        thread gets ``OSError(EBADF)`` at its next socket call.  From a loop
-        thread this suspends only the caller; from outside it runs the loop.
-        Idempotent.
+        thread gets ``OSError(EBADF)`` at its next socket call (that is not
+        logged as a handler error), and ``stop`` waits up to
+        ``STOP_UNWIND_TIMEOUT`` more for those handlers to unwind.  From a
+        loop thread this suspends only the caller; from outside it runs the
+        loop.  Called from one of this server's handlers, it neither waits
+        for nor closes the caller's own connection.  Idempotent.
         """
         self.close()
-        if grace is not None and grace > 0 and self._connections:
-            self._drained = Event()
-            self._drained.wait(grace)
-        for conn in list(self._connections):
-            conn.close()
+        self._stopper = self._loop.current()
+        try:
+            if grace is not None and grace > 0 and self._others_running():
+                self._wait_drained(grace)
+            closing = [c for c, t in self._connections.items() if t is not self._stopper]
+            for conn in closing:
+                conn.close()
+            if closing and self._others_running():
+                self._wait_drained(STOP_UNWIND_TIMEOUT)
+        finally:
+            self._stopper = None
+
+    def _others_running(self) -> bool:
+        return any(thread is not self._stopper for thread in self._connections.values())
+
+    def _wait_drained(self, timeout: float) -> None:
+        self._drained = Event()
+        try:
+            self._drained.wait(timeout)
+        finally:
+            self._drained = None
 
     def connections(self) -> list[AsyncSocket]:
         """The connections whose handlers are running."""
@@ -276,12 +303,14 @@ class Server:
     def statistics(self) -> dict[str, int]:
         """Counters: ``active`` handlers, ``accepted`` connections, ``refused`` ones
         (closed before the handler ran: failed TLS handshakes), ``idle_closed``
-        (idle or handler timeout), ``accept_errors`` and ``handler_errors``."""
+        (idle or handler timeout), ``stopped`` (closed by ``stop()``),
+        ``accept_errors`` and ``handler_errors``."""
         return {
             "active": len(self._connections),
             "accepted": self._accepted,
             "refused": self._refused,
             "idle_closed": self._idle_closed,
+            "stopped": self._stopped,
             "accept_errors": self._errors,
             "handler_errors": self._handler_errors,
         }
@@ -333,7 +362,7 @@ class Server:
                 _socket.close(fd)
                 logger.debug("dropping connection from %s: %s", format_address(address), exc)
                 continue
-            self._connections.add(conn)
+            self._connections[conn] = None
             loop.newthread(self._serve, conn, address)
             streak += 1
             if streak >= self.max_accept:
@@ -352,8 +381,7 @@ class Server:
             logger.debug("TLS handshake with %s failed: %s", format_address(address), exc)
             self._refused += 1
             return None
-        self._connections.discard(conn)
-        self._connections.add(secure)
+        self._connections[secure] = self._connections.pop(conn, None)
         secure.settimeout(None)
         return secure
 
@@ -418,6 +446,7 @@ class Server:
         thread = self._loop.current()
         if thread is not None:
             thread._name = f"connection from {format_address(address)}"
+            self._connections[conn] = thread
         try:
             if self.tls is not None:
                 secure = self._handshake(conn, address)
@@ -429,9 +458,9 @@ class Server:
             self._run_handler(conn, address)
         finally:
             conn.close()
-            self._connections.discard(conn)
+            self._connections.pop(conn, None)
             self._wake_slot_waiter()
-            if self._drained is not None and not self._connections:
+            if self._drained is not None and not self._others_running():
                 self._drained.set()
 
     def _run_handler(self, conn: AsyncSocket, address: Any) -> None:
@@ -461,6 +490,14 @@ class Server:
             # server: one line, no traceback.  (A ConnectionRefusedError, from
             # the handler's own outgoing connection, is a handler error.)
             logger.info("connection from %s ended: %s", format_address(address), exc)
+        except OSError as exc:
+            if exc.errno == errno.EBADF and self._closed and conn.fileno() < 0:
+                # stop() closed this connection after its grace period.
+                self._stopped += 1
+                logger.info("connection from %s closed by stop()", format_address(address))
+            else:
+                self._handler_errors += 1
+                logger.error("handler for %s raised", format_address(address), exc_info=True)
         except Exception:
             self._handler_errors += 1
             logger.error("handler for %s raised", format_address(address), exc_info=True)
