@@ -41,7 +41,7 @@ from greenlet import getcurrent, greenlet
 
 from . import _originals
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
-from ._loop import Loop, _dispatcher_of_this_os_thread, _is_numeric_host
+from ._loop import Loop, _is_numeric_host, is_dispatching
 from ._threads import Thread
 
 __all__ = ["AsyncSocket", "SocketIO", "format_address"]
@@ -175,7 +175,7 @@ class AsyncSocket:
         return 0
 
     def _wait_blocking(self, g: greenlet, writing: bool, deadline: float | None) -> None:
-        if g is _dispatcher_of_this_os_thread():
+        if is_dispatching(g):
             raise RuntimeError(
                 "a blocking socket call from a loop callback (timer or call_soon) would "
                 "freeze the loop; make the call from a loop thread instead"
@@ -276,7 +276,8 @@ class AsyncSocket:
         return self._recv_wait(bufsize, flags)
 
     def _recv_wait(self, bufsize: int, flags: int) -> bytes:
-        deadline = self._deadline()
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._wait(False, deadline)
             try:
@@ -284,8 +285,13 @@ class AsyncSocket:
             except BlockingIOError:
                 continue
             loop = self._loop
-            if loop is not None and 0 < len(data) < bufsize and not flags:
-                self._note_short_read(loop)
+            if (
+                loop is not None
+                and self._clean_turn == loop._turn  # see recv()
+                and 0 < len(data) < bufsize
+                and not flags
+            ):
+                self._drained_turn = loop._turn
             return data
 
     def _note_short_read(self, loop: Loop) -> None:

@@ -99,14 +99,14 @@ MAX_POLL_TIMEOUT = 24 * 3600.0
 _TIMEOUT = object()
 _CLOSED = object()
 
-# Per OS thread: the greenlet that is currently dispatching (if any), so that a
-# blocking call made from a loop callback can be refused instead of freezing
-# the loop.
-_tls = threading.local()
 
+def is_dispatching(g: greenlet) -> bool:
+    """Whether ``g`` is the dispatcher of a loop that is dispatching right now.
 
-def _dispatcher_of_this_os_thread() -> greenlet | None:
-    return getattr(_tls, "dispatcher", None)
+    A blocking call made there (from a loop callback) is refused instead of
+    freezing every thread.  Only slow paths ask, so this scans the loops.
+    """
+    return any(loop._dispatching and loop._dispatcher is g for loop in loops_of_this_os_thread())
 
 
 def _is_numeric_host(host: str) -> bool:
@@ -412,7 +412,7 @@ class Loop:
         raise RuntimeError(f"{what} must be called from a thread of this loop")
 
     def _refuse_in_dispatcher(self, g: greenlet, what: str) -> None:
-        if g is _dispatcher_of_this_os_thread():
+        if is_dispatching(g):
             raise RuntimeError(
                 f"{what} would block the whole loop: it was called from a loop callback "
                 "(timer or call_soon), not from a loop thread; start a thread for it"
@@ -653,26 +653,43 @@ class Loop:
             self._resolve_conflict(table, fd, other, sock, writing)
         if sock._poller is not self._poller:
             self._register(sock, fd)
-        handle: TimerHandle | None = None
-        try:
-            table[fd] = thread
-            thread._state = WAITING
-            thread._waiting_on = sock
-            if not self._edge:
-                self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
-            if deadline is not None:
-                handle = self._timers.add(deadline, self._wait_expired, (thread,))
-            value = thread._resumer.switch(None)  # _park, inlined: the hot path
-        finally:
+        table[fd] = thread
+        thread._state = WAITING
+        thread._waiting_on = sock
+        if deadline is None and self._edge:
+            # The common case, kept short: no timer, no interest to update,
+            # and a readiness wake-up (an int) means the dispatcher has
+            # already taken this thread out of the table.
+            try:
+                value = thread._resumer.switch(None)  # _park, inlined
+            except BaseException:
+                if table.get(fd) is thread:
+                    del table[fd]
+                thread._waiting_on = None
+                raise
+            thread._waiting_on = None
+            if type(value) is int:
+                return value
             if table.get(fd) is thread:
                 del table[fd]
-            thread._waiting_on = None
-            if handle is not None:
-                handle.cancel()
-            if not self._edge and sock._poller is self._poller:
-                self._set_interest_quietly(fd)
-        if type(value) is int:
-            return value
+        else:
+            handle: TimerHandle | None = None
+            try:
+                if not self._edge:
+                    self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
+                if deadline is not None:
+                    handle = self._timers.add(deadline, self._wait_expired, (thread,))
+                value = thread._resumer.switch(None)
+            finally:
+                if table.get(fd) is thread:
+                    del table[fd]
+                thread._waiting_on = None
+                if handle is not None:
+                    handle.cancel()
+                if not self._edge and sock._poller is self._poller:
+                    self._set_interest_quietly(fd)
+            if type(value) is int:
+                return value
         if value is _TIMEOUT:
             raise TimeoutError("timed out")
         if value is _CLOSED:
@@ -1150,22 +1167,23 @@ class Loop:
         return self._step(timeout)
 
     def _step(self, timeout: float | None) -> bool:
-        if not self._has_pending():
+        # Checked inline first: with threads waiting on I/O (the usual case)
+        # the full _has_pending() is not needed.
+        if not (self._readers or self._ready or self._has_pending()):
             return False
         if self._ready or self._callbacks or self._threadsafe or self._stopping:
             poll_timeout: float | None = 0.0
         else:
             poll_timeout = timeout if timeout is None else max(0.0, timeout)
-            next_deadline = self._timers.next_deadline()
-            if next_deadline is not None:
-                until = max(0.0, next_deadline - time.monotonic())
-                if poll_timeout is None or until < poll_timeout:
-                    poll_timeout = until
+            if self._timers._heap:
+                next_deadline = self._timers.next_deadline()
+                if next_deadline is not None:
+                    until = max(0.0, next_deadline - time.monotonic())
+                    if poll_timeout is None or until < poll_timeout:
+                        poll_timeout = until
             if poll_timeout is not None and poll_timeout > MAX_POLL_TIMEOUT:
                 poll_timeout = MAX_POLL_TIMEOUT
         me = getcurrent()
-        previous_dispatcher = _dispatcher_of_this_os_thread()
-        _tls.dispatcher = me
         self._dispatcher = me
         self._dispatching = True
         try:
@@ -1181,7 +1199,7 @@ class Loop:
                 self._dispatch_io(events, me)
             if self._wakeup.pending:
                 self._run_threadsafe()
-            if self._timers.next_deadline() is not None:
+            if self._timers._heap:
                 self._run_timers()
             if self._ready:
                 self._run_ready(me)
@@ -1190,7 +1208,6 @@ class Loop:
         finally:
             self._dispatching = False
             self._dispatcher = None
-            _tls.dispatcher = previous_dispatcher
             if self._closed_fds:
                 self._closed_fds.clear()
         return True
