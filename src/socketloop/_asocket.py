@@ -44,7 +44,7 @@ from ._errors import BusyResourceError, SendallTimeoutError, closed_error
 from ._loop import Loop, _is_numeric_host, is_dispatching
 from ._threads import Thread
 
-__all__ = ["AsyncSocket", "SocketIO", "format_address"]
+__all__ = ["AsyncSocket", "format_address"]
 
 R = TypeVar("R")
 S = TypeVar("S", bound="AsyncSocket")
@@ -333,6 +333,36 @@ class AsyncSocket:
             if loop is not None and 0 < count < (nbytes or len(buffer)) and not flags:
                 self._note_short_read(loop)
             return count
+
+    def _recv_into_until(self, buffer: Any, deadline: float | None) -> int:
+        """``recv_into`` bounded by an absolute deadline (for file operations)."""
+        try:
+            return self.socket.recv_into(buffer)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        while True:
+            self._wait(False, deadline)
+            try:
+                return self.socket.recv_into(buffer)
+            except BlockingIOError:
+                continue
+
+    def _send_until(self, data: Any, deadline: float | None) -> int:
+        """``send`` bounded by an absolute deadline (for file operations)."""
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        try:
+            return self.socket.send(data, _NOSIGNAL)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+        while True:
+            self._wait(True, deadline)
+            try:
+                return self.socket.send(data, _NOSIGNAL)
+            except BlockingIOError:
+                continue
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
         """Receive a datagram (or stream data) and the sender's address."""
@@ -764,33 +794,13 @@ class AsyncSocket:
         """A file object over the socket (modes ``r``, ``w``, ``b`` combined).
 
         Reads and writes suspend only the calling loop thread.  The socket's
+        timeout is a deadline for each file operation as a whole: a
+        ``readline()`` fed one byte at a time cannot outlast it.  The socket's
         fd stays open until both the socket and every such file are closed.
         """
-        if not set(mode) <= {"r", "w", "b"}:
-            raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
-        writing = "w" in mode
-        reading = "r" in mode or not writing
-        binary = "b" in mode
-        raw = SocketIO(self, ("r" if reading else "") + ("w" if writing else ""))
-        self._io_refs += 1
-        if buffering is None or buffering < 0:
-            buffering = io.DEFAULT_BUFFER_SIZE
-        if buffering == 0:
-            if not binary:
-                raise ValueError("unbuffered streams must be binary")
-            return raw
-        buffer: Any
-        if reading and writing:
-            buffer = io.BufferedRWPair(raw, raw, buffering)
-        elif reading:
-            buffer = io.BufferedReader(raw, buffering)
-        else:
-            buffer = io.BufferedWriter(raw, buffering)
-        if binary:
-            return buffer
-        text = io.TextIOWrapper(buffer, _text_encoding(encoding), errors, newline)
-        text.mode = mode  # type: ignore[misc]
-        return text
+        from ._files import make_file
+
+        return make_file(self, mode, buffering, encoding, errors, newline)
 
     # ------------------------------------------------- plain delegation
 
@@ -848,86 +858,3 @@ class AsyncSocket:
         if text.startswith(prefix):
             return "<socketloop.AsyncSocket" + text[len(prefix) :]
         return f"<socketloop.AsyncSocket {text}>"
-
-
-class SocketIO(io.RawIOBase):
-    """Raw I/O over an async socket; what ``makefile()`` builds its files on."""
-
-    def __init__(self, sock: AsyncSocket, mode: str) -> None:
-        if mode not in ("r", "w", "rw", "rb", "wb", "rwb"):
-            raise ValueError(f"invalid mode: {mode!r}")
-        super().__init__()
-        self._sock: AsyncSocket | None = sock
-        if "b" not in mode:
-            mode += "b"
-        self._mode = mode
-        self._reading = "r" in mode
-        self._writing = "w" in mode
-        self._timed_out = False
-
-    def _socket(self) -> AsyncSocket:
-        sock = self._sock
-        if sock is None:
-            raise ValueError("I/O operation on closed socket file")
-        return sock
-
-    def readinto(self, buffer: Any) -> int | None:
-        self._checkClosed()
-        if not self._reading:
-            raise io.UnsupportedOperation("File or stream is not readable.")
-        if self._timed_out:
-            # As CPython: after a timeout the buffered layer may hold a
-            # partial record, so further reads could return garbage.
-            raise OSError("cannot read from timed out object")
-        try:
-            return self._socket().recv_into(buffer)
-        except TimeoutError:
-            self._timed_out = True
-            raise
-        except BlockingIOError:
-            return None
-
-    def write(self, data: Any) -> int | None:
-        self._checkClosed()
-        if not self._writing:
-            raise io.UnsupportedOperation("File or stream is not writable.")
-        try:
-            return self._socket().send(data)
-        except BlockingIOError:
-            return None
-
-    def readable(self) -> bool:
-        if self.closed:
-            raise ValueError("I/O operation on closed socket.")
-        return self._reading
-
-    def writable(self) -> bool:
-        if self.closed:
-            raise ValueError("I/O operation on closed socket.")
-        return self._writing
-
-    def seekable(self) -> bool:
-        if self.closed:
-            raise ValueError("I/O operation on closed socket.")
-        return False
-
-    def fileno(self) -> int:
-        self._checkClosed()
-        return self._socket().fileno()
-
-    @property
-    def name(self) -> int:
-        return self.fileno() if not self.closed else -1
-
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        super().close()
-        sock = self._sock
-        self._sock = None
-        if sock is not None:
-            sock._decref_socketios()

@@ -42,6 +42,7 @@ import socket as _socket
 import ssl
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from types import FrameType
@@ -287,6 +288,24 @@ class Loop:
 
     # ----------------------------------------------------------- housekeeping
 
+    #: Default loops are made implicitly by get_loop(); not closing them is
+    #: not the user's mistake, so they are released without a warning.
+    _implicit = False
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        if not self._implicit:
+            warnings.warn(f"unclosed loop {self!r}", ResourceWarning, source=self, stacklevel=1)
+        self._closed = True
+        try:
+            self._wakeup.close()
+            self._poller.close()
+            self._pool.shutdown()
+            self._resolver_pool.shutdown()
+        except Exception:
+            pass
+
     def _check(self) -> greenlet:
         """Refuse use of a closed loop or from a foreign OS thread; return the root greenlet."""
         if self._closed:
@@ -465,6 +484,8 @@ class Loop:
             caller._state = NORMAL
         try:
             thread.switch(arg)
+            if thread._state == RUNNING:
+                self._foreign_switch(thread)
         finally:
             if caller is not None and caller._state == NORMAL:
                 caller._state = RUNNING
@@ -504,6 +525,8 @@ class Loop:
         thread._state = RUNNING
         self._budget = FAIRNESS_BUDGET
         thread.switch(value)
+        if thread._state == RUNNING:
+            self._foreign_switch(thread)
 
     def _thread_finished(self, thread: Thread[Any]) -> None:
         """Called by a thread as its last act: mark it dead and wake its joiners."""
@@ -765,6 +788,11 @@ class Loop:
         sock: AsyncSocket,
         writing: bool,
     ) -> None:
+        if other._state != WAITING:
+            # Interrupted (killed, timed out) but not yet unwound: it is
+            # leaving this slot, and its own clean-up will find it taken.
+            del table[fd]
+            return
         other_sock: Any = other._waiting_on
         if other_sock is sock or getattr(other_sock, "socket", None) is sock.socket:
             direction = "writing to" if writing else "reading from"
@@ -1229,6 +1257,8 @@ class Loop:
                         thread._state = RUNNING
                         self._budget = FAIRNESS_BUDGET
                         thread.switch(ev)
+                        if thread._state == RUNNING:
+                            self._foreign_switch(thread)
                         if closed and fd in closed:
                             continue
                 if ev & write_mask:
@@ -1238,6 +1268,8 @@ class Loop:
                         thread._state = RUNNING
                         self._budget = FAIRNESS_BUDGET
                         thread.switch(ev)
+                        if thread._state == RUNNING:
+                            self._foreign_switch(thread)
         except BaseException:
             # KeyboardInterrupt/SystemExit out of a thread: the rest of this
             # batch would be lost (edge-triggered readiness is reported once),
@@ -1248,6 +1280,23 @@ class Loop:
                 if ev & write_mask:
                     self._requeue_waiter(writers, fd)
             raise
+
+    @staticmethod
+    def _foreign_switch(thread: Thread[Any]) -> None:
+        """``thread`` left by a raw greenlet switch, not through socketloop: fail it.
+
+        Nothing could ever resume it correctly (the loop does not know what
+        it waits for), so raise in it at once rather than leave it "running"
+        for ever.
+        """
+        if thread._state == RUNNING and not thread.dead:
+            thread.throw(
+                RuntimeError(
+                    f"{thread.name!r} switched away with a raw greenlet switch; loop "
+                    "threads may only wait through socketloop (sockets, sleep, suspend, "
+                    "transfer, primitives)"
+                )
+            )
 
     def _requeue_waiter(self, table: dict[int, Thread[Any]], fd: int) -> None:
         thread = table.get(fd)
@@ -1307,6 +1356,8 @@ class Loop:
                 thread.throw(exc)
             else:
                 thread.switch(value)
+            if thread._state == RUNNING:
+                self._foreign_switch(thread)
 
     def _run_callbacks(self) -> None:
         calls = self._callbacks
@@ -1439,11 +1490,15 @@ class Loop:
         Zero or negative delays run at the next step; equal deadlines run in
         the order they were scheduled; huge delays are clamped.
         """
+        if math.isnan(delay):
+            raise ValueError("delay is NaN")
         return self.call_at(time.monotonic() + min(max(0.0, delay), MAX_DELAY), fn, *args)
 
     def call_at(self, when: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
         """Call ``fn(*args)`` at ``when`` (a ``time.monotonic()`` value)."""
         self._check()
+        if math.isnan(when):
+            raise ValueError("when is NaN")
         return self._timers.add(when, fn, args)
 
     def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
@@ -1618,4 +1673,5 @@ def get_loop() -> Loop:
     loop: Loop | None = getattr(_defaults, "loop", None)
     if loop is None or loop._closed:
         loop = _defaults.loop = Loop()
+        loop._implicit = True
     return loop

@@ -345,10 +345,9 @@ class Server:
                 streak = 0
                 try:
                     lsock._wait(False, None)
-                except OSError:
-                    if self._closed:
+                except OSError as exc:  # the listener was closed under us, or worse
+                    if not self._accept_failed(exc):
                         return
-                    raise
                 continue
             except OSError as exc:
                 if not self._accept_failed(exc):

@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from greenlet import getcurrent, greenlet
 
-from ._loop import _TIMEOUT, Loop, get_loop, loops_of_this_os_thread
+from ._loop import _TIMEOUT, Loop, is_dispatching, loops_of_this_os_thread
 from ._threads import WAITING, Thread
 
 __all__ = [
@@ -158,7 +158,11 @@ class _WaitQueue:
         deadline: float | None,
         give_back: Callable[[_Waiter], None] | None,
     ) -> _Waiter:
-        get_loop()._refuse_in_dispatcher(current, f"waiting on {primitive!r}")
+        if is_dispatching(current):
+            raise RuntimeError(
+                f"waiting on {primitive!r} would block the whole loop: it was called from a "
+                "loop callback (timer or call_soon), not from a loop thread"
+            )
         waiter = _Waiter(current, None)
         self._waiters.append(waiter)
         try:

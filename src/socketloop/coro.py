@@ -63,6 +63,7 @@ def get_loop() -> CoroLoop:
     loop: CoroLoop | None = getattr(_defaults, "loop", None)
     if loop is None or loop.closed:
         loop = _defaults.loop = CoroLoop()
+        loop._implicit = True
     return loop
 
 
