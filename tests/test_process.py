@@ -63,6 +63,7 @@ def test_on_signal_runs_the_handler_in_a_loop_thread_and_wakes_a_polling_loop(lo
     sender = send_usr1_from_another_os_thread_when(polling)
     loop.start(WAIT)
     sender.join(WAIT)
+    keeper.join(WAIT)  # on a loaded machine start(WAIT) may end before the kill is done
     loop.on_signal(signal.SIGUSR1, None)
     assert len(seen) == 1
     signum, in_thread, name = seen[0]

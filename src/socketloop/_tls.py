@@ -49,6 +49,10 @@ class AsyncTLSSocket(AsyncSocket):
 
     def _tls_call(self, op: Any, *args: Any) -> Any:
         """Run an SSL operation, waiting in the direction OpenSSL asks for."""
+        return self._tls_until(_UNSET, op, *args)
+
+    def _tls_until(self, deadline: Any, op: Any, *args: Any) -> Any:
+        # ``deadline`` _UNSET: the socket's timeout, counted from the first wait.
         try:
             return op(*args)
         except _ssl.SSLWantReadError:
@@ -59,7 +63,8 @@ class AsyncTLSSocket(AsyncSocket):
             if self._timeout == 0.0:
                 raise
             writing = True
-        deadline = self._deadline()
+        if deadline is _UNSET:
+            deadline = self._deadline()
         while True:
             self._wait(writing, deadline)
             try:
@@ -68,6 +73,16 @@ class AsyncTLSSocket(AsyncSocket):
                 writing = False
             except _ssl.SSLWantWriteError:
                 writing = True
+
+    def _recv_into_until(self, buffer: Any, deadline: float | None) -> int:
+        result: int = self._tls_until(deadline, self.socket.recv_into, buffer)
+        return result
+
+    def _send_until(self, data: Any, deadline: float | None) -> int:
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        result: int = self._tls_until(deadline, self.socket.send, data)
+        return result
 
     def do_handshake(self, block: bool = False) -> None:
         """Perform the TLS handshake (suspends only the calling thread).
