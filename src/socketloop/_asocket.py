@@ -261,6 +261,9 @@ class AsyncSocket:
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
+                data = None  # wait below: never park inside an except block, which
+                # would keep the exception and its traceback alive for the whole wait
+            if data is None:
                 return self._recv_wait(bufsize, flags)
             if not data and not bufsize and self.socket.fileno() < 0:
                 raise closed_error()  # CPython answers recv(0) without a system call
@@ -307,6 +310,8 @@ class AsyncSocket:
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
+                count = -1  # wait below, outside the except block (see recv)
+            if count < 0:
                 return self._recv_into_wait(buffer, nbytes, flags)
             if loop is not None:
                 # len() of a non-byte buffer counts items, so this under-claims: safe.
@@ -533,6 +538,8 @@ class AsyncSocket:
                         raise closed_error()
                     sent = os.sendfile(fd, fileno, offset, blocksize)
                 except BlockingIOError:
+                    sent = -1  # wait below, outside the except block (see recv)
+                if sent < 0:
                     self._wait(True, deadline)
                     continue
                 if sent == 0:
@@ -575,6 +582,8 @@ class AsyncSocket:
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
+            fd = -1  # wait below, outside the except block (see recv)
+        if fd < 0:
             fd, address = self._read_op(raw._accept)  # type: ignore[attr-defined]
         else:
             self._spent()

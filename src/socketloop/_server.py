@@ -339,19 +339,26 @@ class Server:
             if self.max_connections is not None and len(self._connections) >= self.max_connections:
                 self._wait_for_slot()
                 continue
+            # Waits and back-offs happen outside the except blocks, so no
+            # exception (and its traceback) is kept alive while suspended.
+            failure: OSError | None = None
             try:
                 fd, address = raw._accept()
             except BlockingIOError:
-                streak = 0
-                try:
-                    lsock._wait(False, None)
-                except OSError as exc:  # the listener was closed under us, or worse
-                    if not self._accept_failed(exc):
-                        return
-                continue
+                fd = -1
             except OSError as exc:
-                if not self._accept_failed(exc):
+                fd = -1
+                failure = exc
+            if fd < 0:
+                if failure is None:
+                    streak = 0
+                    try:
+                        lsock._wait(False, None)
+                    except OSError as exc:  # the listener was closed under us, or worse
+                        failure = exc
+                if failure is not None and not self._accept_failed(failure):
                     return
+                failure = None
                 continue
             self._backoff = 0.0
             self._accepted += 1
