@@ -593,21 +593,25 @@ class AsyncSocket:
         """Wrap a freshly accepted fd, skipping the probes ``socket()`` would make.
 
         The result has this socket's class (the drop-in ``socketloop.socket``
-        class accepts sockets of its own class).
+        class accepts sockets of its own class).  The checks of ``__init__``
+        are skipped: this is a plain stream socket we just made.
         """
         raw = self.socket
         sock = _originals.socket_class(
             _RAW_FAMILY.__get__(raw), _RAW_TYPE.__get__(raw), _RAW_PROTO.__get__(raw), fd
         )
-        cls = type(self)
-        if cls is AsyncSocket:
-            return AsyncSocket(
-                sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
-            )
-        new = cls.__new__(cls)
-        AsyncSocket.__init__(
-            new, sock, self._loop, timeout=_socket.getdefaulttimeout(), stream=self._stream
-        )
+        sock.setblocking(False)
+        new = object.__new__(type(self))
+        new.socket = sock
+        new._timeout = _socket.getdefaulttimeout()
+        new._stream = self._stream
+        new._loop = self._loop
+        new._poller = None
+        new._drained_turn = -1
+        new._clean_turn = -1
+        new._sending = False
+        new._io_refs = 0
+        new._closed = False
         return new
 
     def starttls(
@@ -742,7 +746,13 @@ class AsyncSocket:
         sock = self.socket
         fd = sock.fileno()
         if fd >= 0:
-            self._forget(fd)
+            loop = self._loop
+            poller = self._poller
+            if poller is None or poller.owner is loop:  # the usual case: one loop
+                if loop is not None and not loop._closed:
+                    loop._forget_socket(self, fd)
+            else:
+                self._forget(fd)
         sock.close()
 
     def _loops(self) -> list[Loop]:
@@ -753,15 +763,15 @@ class AsyncSocket:
                 loops.append(loop)
         return loops
 
-    def _forget(self, fd: int) -> None:
+    def _forget(self, fd: int, closing: bool = True) -> None:
         for loop in self._loops():
-            loop._forget_socket(self, fd)
+            loop._forget_socket(self, fd, closing)
 
     def detach(self) -> int:
         """Release the fd without closing it (waiters get ``OSError(EBADF)``); return it."""
         fd = self.socket.fileno()
         if fd >= 0:
-            self._forget(fd)
+            self._forget(fd, closing=False)  # the fd lives on: unregister it
         self._closed = True
         return self.socket.detach()
 

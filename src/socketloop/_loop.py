@@ -833,25 +833,38 @@ class Loop:
             pass
         sock._poller = None
 
-    def _forget_socket(self, sock: AsyncSocket, fd: int) -> None:
-        """``sock`` is being closed: fail its waiters, then drop its registration.
+    def _forget_socket(self, sock: AsyncSocket, fd: int, closing: bool = True) -> None:
+        """``sock`` is being closed (or detached): fail its waiters, drop its registration.
 
         Waiters get ``OSError(EBADF)`` at the next dispatch; events for ``fd``
         already fetched in the current dispatch are discarded, so a new
-        socket that reuses the number never sees them.
+        socket that reuses the number never sees them.  When the fd is about
+        to be closed, epoll needs no ``EPOLL_CTL_DEL``: closing the last
+        descriptor of the file removes the registration in the kernel (one
+        system call less per connection).  If a ``dup`` keeps the file open,
+        the registration lives on until that closes too; its events can then
+        reach a new socket with the same fd number only as a spurious wake-up,
+        which every wait tolerates (the thread retries its call).
         """
-        for table in (self._readers, self._writers):
-            waiter = table.get(fd)
-            if waiter is not None and waiter._waiting_on is sock:
-                del table[fd]
-                if waiter._state == WAITING:
-                    self._schedule(waiter, _CLOSED)
+        readers = self._readers
+        waiter = readers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock:
+            del readers[fd]
+            if waiter._state == WAITING:
+                self._schedule(waiter, _CLOSED)
+        writers = self._writers
+        waiter = writers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock:
+            del writers[fd]
+            if waiter._state == WAITING:
+                self._schedule(waiter, _CLOSED)
         if sock._poller is self._poller:
             sock._poller = None
-            try:
-                self._poller.unregister(fd)
-            except OSError:
-                pass
+            if not (closing and self._edge):
+                try:
+                    self._poller.unregister(fd)
+                except OSError:
+                    pass
         if self._dispatching:
             self._closed_fds.add(fd)
 

@@ -451,7 +451,7 @@ class Server:
     def _serve(self, conn: AsyncSocket, address: Any) -> None:
         thread = self._loop.current()
         if thread is not None:
-            thread._name = f"connection from {format_address(address)}"
+            thread._name = ("connection from", address)  # formatted when asked for
             self._connections[conn] = thread
         try:
             if self.tls is not None:

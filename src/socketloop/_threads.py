@@ -95,7 +95,7 @@ class Thread(greenlet, Generic[T]):
             kwargs,
         )
         #: Names are made on first use: most threads are never asked for one.
-        self._name: str | tuple[int, Callable[..., Any]] = (next(_counter), fn)
+        self._name: str | tuple[int | str, Any] = (next(_counter), fn)
         self._state = NEW
         self._resumer: greenlet = parent
         self._result: T | None = None
@@ -162,9 +162,14 @@ class Thread(greenlet, Generic[T]):
         """A readable name: ``Thread-N (handler)`` unless set."""
         name = self._name
         if isinstance(name, tuple):
-            number, fn = name
-            fn_name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-            name = f"Thread-{number} ({fn_name})" if fn_name else f"Thread-{number}"
+            first, second = name
+            if isinstance(first, str):  # (label, address): a server's connection thread
+                from ._asocket import format_address
+
+                name = f"{first} {format_address(second)}"
+            else:
+                fn_name = getattr(second, "__qualname__", None) or getattr(second, "__name__", None)
+                name = f"Thread-{first} ({fn_name})" if fn_name else f"Thread-{first}"
             self._name = name
         return name
 
