@@ -282,7 +282,19 @@ class AsyncSocket:
         timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._wait(False, deadline)
+            # _wait(), inlined for the usual case (a thread of the socket's own
+            # loop): this is the hot path of every request/response server.
+            g = getcurrent()
+            loop = self._loop
+            if type(g) is Thread and g._loop is loop and loop is not None and not loop._closed:
+                fd = self.socket.fileno()
+                if fd < 0:
+                    raise closed_error()
+                events = loop._wait_fd(g, self, fd, False, deadline)
+                if self._stream:
+                    self._clean_turn = loop._turn if events and not events & loop._HANGUP else -1
+            else:
+                self._wait(False, deadline)
             try:
                 data = self.socket.recv(bufsize, flags) if flags else self.socket.recv(bufsize)
             except BlockingIOError:

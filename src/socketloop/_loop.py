@@ -1274,7 +1274,7 @@ class Loop:
                             self._foreign_switch(thread)
                         if closed and fd in closed:
                             continue
-                if ev & write_mask:
+                if ev & write_mask and writers:  # (most servers have no writer waiting)
                     thread = writers.pop(fd, None)
                     if thread is not None and thread._state == WAITING:
                         thread._resumer = me
