@@ -1,0 +1,261 @@
+"""Micro-benchmarks of socketloop's primitives, on both loops, beside their floors.
+
+Each benchmark times a batch of N operations with ``time.perf_counter`` (N
+calibrated so that one batch takes about 0.1 s), with the garbage collector
+off, and repeats the batch; the table gives the minimum (the least disturbed
+run: the best estimate of the cost) and the median (what to expect) in
+nanoseconds per operation.
+
+- newthread+finish: ``loop.newthread(f)`` where ``f`` returns at once.
+- suspend/resume: one ``loop.resume(t)`` into a thread that ``suspend()``-s again.
+- sleep(0) ping-pong: two threads in ``sleep(0)`` loops; one round = each ran once.
+- timer schedule/cancel: ``loop.call_later(60, f).cancel()``.
+- recv (ready socket): ``recv(64)`` from a loop thread on a socketpair with data
+  waiting; beside it, the plain non-blocking ``socket.recv(64)`` (the system call).
+- greenlet switch round trip: ``g.switch()`` into a greenlet that switches back
+  (the floor under every thread switch above).
+
+usage: python benchmarks/micro.py [--quick] [--repeat N] [--out DIR]
+Writes DIR/micro.md and DIR/micro.json (default benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from greenlet import GreenletExit, getcurrent, greenlet
+
+import socketloop
+
+HERE = Path(__file__).resolve().parent
+CHUNK = 64  # bytes per recv
+REFILL = 1000  # recvs per refill of the socketpair (64,000 bytes)
+
+
+def noop() -> None:
+    return None
+
+
+# Each bench_* takes n and returns the seconds that n operations took.
+
+
+def bench_greenlet_switch(n: int) -> float:
+    main = getcurrent()
+
+    def bounce() -> None:
+        while True:
+            main.switch()
+
+    g = greenlet(bounce)
+    g.switch()
+    switch = g.switch
+    t0 = time.perf_counter()
+    for _ in range(n):
+        switch()
+    elapsed = time.perf_counter() - t0
+    g.throw(GreenletExit)  # ends it quietly
+    return elapsed
+
+
+def bench_socket_recv(n: int) -> float:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    total = 0.0
+    try:
+        done = 0
+        while done < n:
+            k = min(REFILL, n - done)
+            b.sendall(b"x" * (CHUNK * k))
+            recv = a.recv
+            t0 = time.perf_counter()
+            for _ in range(k):
+                recv(CHUNK)
+            total += time.perf_counter() - t0
+            done += k
+    finally:
+        a.close()
+        b.close()
+    return total
+
+
+def make_benches(make_loop: Callable[[], socketloop.Loop]) -> dict[str, Callable[[int], float]]:
+    def newthread(n: int) -> float:
+        loop = make_loop()
+        spawn = loop.newthread
+        t0 = time.perf_counter()
+        for _ in range(n):
+            spawn(noop)
+        elapsed = time.perf_counter() - t0
+        loop.close()
+        return elapsed
+
+    def suspend_resume(n: int) -> float:
+        loop = make_loop()
+        suspend = loop.suspend
+
+        def worker() -> None:
+            for _ in range(n):
+                suspend()
+
+        t = loop.newthread(worker)
+        resume = loop.resume
+        t0 = time.perf_counter()
+        for _ in range(n):
+            resume(t)
+        elapsed = time.perf_counter() - t0
+        loop.close()
+        return elapsed
+
+    def sleep0(n: int) -> float:
+        loop = make_loop()
+        sleep = loop.sleep
+
+        def worker() -> None:
+            for _ in range(n):
+                sleep(0)
+
+        loop.spawn(worker)
+        loop.spawn(worker)
+        t0 = time.perf_counter()
+        loop.start()
+        elapsed = time.perf_counter() - t0
+        loop.close()
+        return elapsed
+
+    def timer(n: int) -> float:
+        loop = make_loop()
+        call_later = loop.call_later
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call_later(60.0, noop).cancel()
+        elapsed = time.perf_counter() - t0
+        loop.close()
+        return elapsed
+
+    def recv(n: int) -> float:
+        loop = make_loop()
+        a, b = socket.socketpair()
+        sock = loop.wrap(a)
+        result: list[float] = []
+
+        def reader() -> None:
+            total = 0.0
+            done = 0
+            while done < n:
+                k = min(REFILL, n - done)
+                b.sendall(b"x" * (CHUNK * k))
+                r = sock.recv
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    r(CHUNK)
+                total += time.perf_counter() - t0
+                done += k
+            result.append(total)
+
+        loop.spawn(reader)
+        loop.start()
+        sock.close()
+        b.close()
+        loop.close()
+        return result[0]
+
+    return {
+        "newthread+finish": newthread,
+        "suspend/resume round trip": suspend_resume,
+        "sleep(0) ping-pong round": sleep0,
+        "timer schedule/cancel": timer,
+        "recv(64) on a ready socket": recv,
+    }
+
+
+def measure(fn: Callable[[int], float], repeat: int, target: float) -> dict[str, Any]:
+    """Calibrate n to ``target`` seconds per batch, then time ``repeat`` batches."""
+    n = 100
+    while True:
+        elapsed = fn(n)
+        if elapsed >= target / 4 or n >= 10_000_000:
+            break
+        n *= 4
+    n = max(100, int(n * target / max(elapsed, 1e-9)))
+    per_op = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            per_op.append(fn(n) / n * 1e9)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {"n": n, "min_ns": min(per_op), "median_ns": statistics.median(per_op), "runs": per_op}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="3 short repetitions")
+    p.add_argument("--repeat", type=int, default=None, help="repetitions (default 9)")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args(argv)
+    repeat = args.repeat or (3 if args.quick else 9)
+    target = 0.02 if args.quick else 0.1
+
+    rows: list[dict[str, Any]] = []
+    floors = {
+        "greenlet switch round trip": bench_greenlet_switch,
+        "socket.recv(64), plain non-blocking": bench_socket_recv,
+    }
+    for name, fn in floors.items():
+        rows.append({"bench": name, "loop": "floor", **measure(fn, repeat, target)})
+        print(f"{name:38} {'floor':16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
+    loops: dict[str, Callable[[], socketloop.Loop]] = {
+        "socketloop": socketloop.Loop,
+        "socketloop.coro": socketloop.CoroLoop,
+    }
+    for name in make_benches(socketloop.Loop):
+        for loop_name, make_loop in loops.items():
+            fn = make_benches(make_loop)[name]
+            rows.append({"bench": name, "loop": loop_name, **measure(fn, repeat, target)})
+            print(f"{name:38} {loop_name:16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
+
+    switch_ns = rows[0]["min_ns"]
+    lines = [
+        "# socketloop micro-benchmarks",
+        "",
+        f"CPython {platform.python_version()}, socketloop {socketloop.__version__}, "
+        f"{repeat} repetitions of a calibrated batch each, GC off; "
+        f"command: `python benchmarks/micro.py{' --quick' if args.quick else ''}`",
+        "",
+        "| operation | loop | min ns/op | median ns/op | min in greenlet switches |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['bench']} | {r['loop']} | {r['min_ns']:,.0f} | {r['median_ns']:,.0f} | "
+            f"{r['min_ns'] / switch_ns:.1f} |"
+        )
+    lines.append("")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "micro.md").write_text("\n".join(lines))
+    meta = {
+        "python": platform.python_version(),
+        "socketloop": socketloop.__version__,
+        "repeat": repeat,
+        "quick": args.quick,
+    }
+    (out / "micro.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
