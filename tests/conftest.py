@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 import socketloop
-from socketloop import AsyncSocket, CoroLoop, Loop, coro
+from socketloop import AsyncSocket, CoroLoop, Loop, Server, coro
 from socketloop._loop import _defaults as _loop_defaults
 from socketloop._loop import _live_loops
 
@@ -142,6 +143,22 @@ def unix_pair(loop: Loop) -> Iterator[tuple[AsyncSocket, AsyncSocket]]:
     finally:
         wa.close()
         wb.close()
+
+
+def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Dispatch until ``predicate()`` holds; fail if it takes more than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "condition not reached in time"
+        assert lp.step(remaining), "the loop has nothing left to do"
+
+
+def close_and_drain(lp: Loop, *servers: Server) -> None:
+    """Close the servers and dispatch until every thread of ``lp`` has ended."""
+    for server in servers:
+        server.close()
+    step_until(lp, lambda: not lp.threads())
 
 
 def run(lp: Loop, fn: Callable[..., Any], *args: Any, timeout: float = 10) -> Any:

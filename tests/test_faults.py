@@ -42,7 +42,15 @@ import greenlet
 import pytest
 
 from _servers import Certs, make_certs
-from conftest import LOOP_KINDS, fill_send_buffer, make_loop, run, tcp_pair
+from conftest import (
+    LOOP_KINDS,
+    close_and_drain,
+    fill_send_buffer,
+    make_loop,
+    run,
+    step_until,
+    tcp_pair,
+)
 from socketloop import (
     AsyncSocket,
     BusyResourceError,
@@ -152,22 +160,6 @@ def reset(sock: AsyncSocket | socket.socket) -> None:
     """Close ``sock`` so that the kernel sends a reset (``SO_LINGER`` on, 0 s)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Dispatch until ``predicate()`` holds; fail if it takes more than ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    """Close the servers and dispatch until every thread of ``lp`` has ended."""
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 def dial(server: Server) -> socket.socket:

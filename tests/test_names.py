@@ -13,33 +13,19 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import socketloop
 from _servers import hanging_address, refusing_address
-from conftest import run
+from conftest import close_and_drain, run, step_until
 from socketloop import AsyncSocket, Loop, Server
 
 AddrInfo = tuple[Any, ...]
 
 # ------------------------------------------------------------------ helpers
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 def echo(conn: AsyncSocket) -> None:

@@ -58,7 +58,7 @@ from _servers import (
     start_redis,
     start_smtp,
 )
-from conftest import run
+from conftest import close_and_drain, run
 from socketloop import AsyncSocket, AsyncTLSSocket, Loop, Server
 
 #: Concurrent requests in the overlap tests; each takes DELAY seconds at nginx.
@@ -122,20 +122,6 @@ def smtp(peers_dir: Path, certs: Certs) -> Iterator[tuple[int, Path]]:
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 @contextlib.contextmanager

@@ -7,34 +7,16 @@ import gc
 import logging
 import socket
 import struct
-import time
 import types
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from conftest import run
+from conftest import close_and_drain, run, step_until
 from socketloop import AsyncSocket, Loop, Server, Thread
 
 # -------------------------------------------------------------------- helpers
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Dispatch until ``predicate()`` holds; fail if it takes more than ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    """Close the servers and dispatch until every thread of ``lp`` has ended."""
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 def dial(server: Server) -> socket.socket:

@@ -17,25 +17,10 @@ from typing import Any
 
 import pytest
 
+from conftest import close_and_drain, step_until
 from socketloop import AsyncSocket, Loop, Server
 
 # -------------------------------------------------------------------- helpers
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Dispatch until ``predicate()`` holds; fail if it takes more than ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    """Close the servers and dispatch until every thread of ``lp`` has ended."""
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 def serve_with(

@@ -20,7 +20,7 @@ import pytest
 import socketloop
 import socketloop.ssl
 from _servers import Certs, make_certs
-from conftest import run, tcp_pair
+from conftest import close_and_drain, run, tcp_pair
 from socketloop import AsyncSocket, AsyncTLSSocket, Loop, Server
 
 # ----------------------------------------------------------------- fixtures
@@ -32,22 +32,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def step_until(lp: Loop, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Dispatch until ``predicate()`` holds; fail if it takes more than ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "condition not reached in time"
-        assert lp.step(remaining), "the loop has nothing left to do"
-
-
-def close_and_drain(lp: Loop, *servers: Server) -> None:
-    """Close the servers and dispatch until every thread of ``lp`` has ended."""
-    for server in servers:
-        server.close()
-    step_until(lp, lambda: not lp.threads())
 
 
 def echo(conn: AsyncSocket) -> None:

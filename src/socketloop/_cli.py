@@ -80,7 +80,7 @@ def _fetch(loop: Loop, host: str, port: int, path: str) -> tuple[int, int, float
         conn.close()
 
 
-def demo(pages: int, delay: float) -> int:
+def demo(pages: int, delay: float, dump: bool = False) -> int:
     loop = get_loop()
     handler = type("DemoPageHandler", (_DemoPageHandler,), {"loop": loop, "delay": delay})
     server = serve_http(loop, handler, "127.0.0.1", 0)
@@ -89,6 +89,9 @@ def demo(pages: int, delay: float) -> int:
     print(f"fetching {pages} pages concurrently with http.client over loop.connect()...")
     started = time.perf_counter()
     threads = [loop.newthread(_fetch, loop, host, port, f"/page{i}") for i in range(pages)]
+    if dump:
+        # Half-way through a page's delay: every fetch and handler is waiting.
+        loop.call_later(delay / 2, lambda: print(loop.dump(), flush=True))
     results = [thread.join(timeout=60) for thread in threads]
     total = time.perf_counter() - started
     server.close()
@@ -152,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help="serve and fetch pages concurrently")
     demo_parser.add_argument("--pages", type=int, default=10, help="pages to fetch (10)")
     demo_parser.add_argument("--delay", type=float, default=0.2, help="seconds per page (0.2)")
+    demo_parser.add_argument(
+        "--dump", action="store_true", help="print loop.dump() while the fetches are in flight"
+    )
     get_parser = commands.add_parser("get", help="fetch http and https URLs concurrently")
     get_parser.add_argument("urls", nargs="+", metavar="URL")
     get_parser.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
@@ -160,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return demo(args.pages, args.delay)
+        return demo(args.pages, args.delay, args.dump)
     return get(args.urls, args.timeout, args.cacert)
 
 
