@@ -183,38 +183,6 @@ def listener(loop: Loop) -> Iterator[AsyncSocket]:
         sock.close()
 
 
-@pytest.fixture
-def hanging_address() -> Iterator[tuple[str, int]]:
-    """A loopback address whose accept queue is full, so that a connect to it hangs.
-
-    The listener has ``listen(0)`` and is never accepted from; fillers connect
-    until one of them visibly hangs (not connected after 50 ms), which proves
-    that the queue is full on this kernel.
-    """
-    listener = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address: tuple[str, int] = listener.getsockname()
-        for _ in range(8):
-            filler = socket.socket()
-            fillers.append(filler)
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            poller = select.poll()
-            poller.register(filler, select.POLLOUT)
-            if not poller.poll(50):
-                break  # this connect hangs: the queue is full
-        else:
-            pytest.fail("could not fill the accept queue of a loopback listener")
-        yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
-
-
 # ------------------------------------- 1. blocking calls suspend only their thread
 
 

@@ -211,38 +211,6 @@ def listener(loop: Loop) -> Iterator[AsyncSocket]:
 
 
 @pytest.fixture
-def hanging_address() -> Iterator[tuple[str, int]]:
-    """A loopback address whose accept queue is full, so that a connect to it hangs.
-
-    This is the black hole of scenarios 3 and 17 without leaving loopback: the
-    listener has ``listen(0)`` and is never accepted from; fillers connect until
-    one of them visibly hangs (not connected after 50 ms).
-    """
-    server = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        server.bind(("127.0.0.1", 0))
-        server.listen(0)
-        address: tuple[str, int] = server.getsockname()
-        for _ in range(8):
-            filler = socket.socket()
-            fillers.append(filler)
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            poller = select.poll()
-            poller.register(filler, select.POLLOUT)
-            if not poller.poll(50):
-                break  # this connect hangs: the queue is full
-        else:
-            pytest.fail("could not fill the accept queue of a loopback listener")
-        yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
-
-
-@pytest.fixture
 def default_loop_restored() -> Iterator[None]:
     """Close the OS thread's default loop if the test created it.
 
