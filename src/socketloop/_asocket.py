@@ -27,6 +27,7 @@ the fast path.
 
 from __future__ import annotations
 
+import _socket as _c_socket
 import errno
 import io
 import math
@@ -54,9 +55,11 @@ _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno
 _CONNECTED = frozenset({0, errno.EISCONN})
 # Raw C-level attributes: the ints, without socket.socket's enum conversion,
 # which costs more than the accept() system call it accompanies.
-_RAW_FAMILY: Any = _socket.socket.family
-_RAW_TYPE: Any = _socket.socket.type
-_RAW_PROTO: Any = _socket.socket.proto
+# (Taken from the C type: socket.socket overrides family and type with
+# converting properties.)
+_RAW_FAMILY: Any = _c_socket.socket.family
+_RAW_TYPE: Any = _c_socket.socket.type
+_RAW_PROTO: Any = _c_socket.socket.proto
 _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC from the type
 #: Sends never raise SIGPIPE, even in a program that restored its default
 #: action (which kills the process): a vanished peer is a BrokenPipeError.
