@@ -620,10 +620,14 @@ class AsyncSocket:
         new.socket = sock
         new._timeout = _socket.getdefaulttimeout()
         new._stream = self._stream
-        new._loop = self._loop
+        loop = new._loop = self._loop
         new._poller = None
         new._drained_turn = -1
-        new._clean_turn = -1
+        # Not registered with any poller yet: the first wait registers it,
+        # and registering reports whatever is pending (data, end of stream),
+        # so a short first read may skip the retry that could only fail,
+        # exactly as after a clean wake-up (see recv).
+        new._clean_turn = -1 if loop is None else loop._turn
         new._sending = False
         new._io_refs = 0
         new._closed = False
