@@ -270,6 +270,27 @@ def test_client_that_sends_and_half_closes_at_once_gets_the_echo_and_end_of_stre
             thread.kill()
 
 
+def test_data_and_end_of_stream_pending_at_accept_are_both_seen_by_the_handler(
+    loop: Loop,
+) -> None:
+    # Both are queued before the server accepts: the first read returns the
+    # data short of the size asked, and the end of stream behind it must
+    # still be reported although no wake-up announced it.
+    reads: list[bytes] = []
+
+    def handler(conn: AsyncSocket) -> None:
+        reads.append(conn.recv(100))
+        reads.append(conn.recv(100))
+
+    server = loop.newserver("127.0.0.1", 0, handler)
+    with dial(server) as client:
+        client.sendall(b"early")
+        client.shutdown(socket.SHUT_WR)
+        step_until(loop, lambda: len(reads) == 2)
+    assert reads == [b"early", b""]
+    close_and_drain(loop, server)
+
+
 def test_handler_exception_is_logged_with_the_peer_address_and_traceback(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
