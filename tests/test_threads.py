@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
 import types
+import weakref
 from typing import Any
 
+import greenlet
 import pytest
 
 import socketloop
@@ -540,6 +543,118 @@ def test_a_loop_used_from_another_os_thread_raises(loop: Loop) -> None:
     worker.join()
     assert len(errors) == 1
     assert "another OS thread" in str(errors[0])
+
+
+# ------------------------------------------------- reuse of ended threads
+# An ended thread's greenlet is kept and reused for a later thread when
+# nothing can tell the difference: no handle to the ended thread exists.
+
+
+def test_an_ended_thread_that_nothing_refers_to_is_reused_for_the_next_thread(loop: Loop) -> None:
+    seen: list[int] = []
+    loop.newthread(lambda: seen.append(id(loop.current())))
+    loop.newthread(lambda: seen.append(id(loop.current())))
+    assert seen[0] == seen[1]
+
+
+def test_an_ended_thread_whose_handle_is_kept_is_not_reused(loop: Loop) -> None:
+    first = loop.newthread(lambda: "first")
+    second = loop.newthread(lambda: "second")
+    assert second is not first
+    assert first.join() == "first"
+    assert second.join() == "second"
+    assert first.state == "dead"
+    assert first.dead
+    assert first.loop is loop
+
+
+def test_an_ended_thread_with_a_weak_reference_is_not_reused(loop: Loop) -> None:
+    refs: list[weakref.ref[Any]] = []
+    loop.newthread(lambda: refs.append(weakref.ref(loop.current())))
+    again = loop.newthread(loop.current)
+    assert refs[0]() is not again.join()
+
+
+def test_a_reused_thread_starts_with_fresh_context_variables(loop: Loop) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    def first() -> None:
+        var.set("set by the first thread")
+
+    def second() -> None:
+        seen.append(var.get())
+
+    loop.newthread(first)
+    loop.newthread(second)
+    assert seen == ["unset"]
+
+
+def test_a_reused_thread_has_a_new_name_and_a_fresh_state(loop: Loop) -> None:
+    names: list[str] = []
+
+    def first() -> None:
+        names.append(loop.current().name)  # type: ignore[union-attr]
+
+    def second() -> None:
+        names.append(loop.current().name)  # type: ignore[union-attr]
+        loop.suspend()
+
+    loop.newthread(first)
+    thread = loop.newthread(second)
+    assert names[0] != names[1]
+    assert "second" in names[1]
+    assert thread.state == "suspended"
+    loop.resume(thread)
+    assert thread.join() is None
+
+
+def test_a_thread_that_raised_is_not_reused(loop: Loop, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int] = []
+
+    def fails() -> None:
+        seen.append(id(loop.current()))
+        raise ValueError("boom")
+
+    with caplog.at_level(logging.CRITICAL, logger="socketloop"):
+        loop.newthread(fails)
+    assert loop._parked == []
+    loop.newthread(lambda: seen.append(id(loop.current())))
+    assert len(loop._parked) == 1
+
+
+def test_the_loop_keeps_a_bounded_number_of_ended_threads(loop: Loop) -> None:
+    from socketloop._loop import IDLE_THREADS_KEPT
+
+    blockers = [loop.newthread(loop.suspend) for _ in range(IDLE_THREADS_KEPT + 10)]
+    for thread in blockers:
+        loop.resume(thread)
+    del thread, blockers
+    assert len(loop._parked) == IDLE_THREADS_KEPT
+
+
+def test_closing_the_loop_ends_the_greenlets_of_ended_threads() -> None:
+    lp = Loop()
+    lp.newthread(lambda: None)
+    parked = list(lp._parked)
+    assert parked
+    lp.close()
+    assert all(greenlet.greenlet.dead.__get__(g) for g in parked)
+
+
+def test_switching_into_an_ended_threads_greenlet_goes_to_its_parent_as_for_a_dead_one(
+    loop: Loop,
+) -> None:
+    inner: list[greenlet.greenlet] = []
+
+    def handler() -> None:
+        # A raw greenlet whose parent is this thread, left unfinished.
+        inner.append(greenlet.greenlet(lambda: "inner finished"))
+
+    loop.newthread(handler)
+    # The raw greenlet ends after its parent thread has: control goes on to
+    # where the thread ended (here), as it would for a dead greenlet.
+    assert inner[0].switch() == "inner finished"
 
 
 # ----------------------------------------------------- the module-level API

@@ -54,9 +54,9 @@ def dump(loop: Loop) -> str:
 
 
 def _thread_in_stack(frame: FrameType | None) -> str:
-    """The loop thread whose stack ``frame`` is in (found through Thread.run's frame)."""
+    """The loop thread whose stack ``frame`` is in (found through its handler's caller)."""
     while frame is not None:
-        candidate = frame.f_locals.get("self") if frame.f_code.co_name == "run" else None
+        candidate = frame.f_locals.get("self") if frame.f_code.co_name == "_run_handler" else None
         if isinstance(candidate, Thread):
             return candidate.name
         frame = frame.f_back

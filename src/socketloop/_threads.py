@@ -27,7 +27,7 @@ import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from greenlet import GreenletExit, greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 from ._errors import ThreadExit
 
@@ -51,6 +51,7 @@ DEAD = 6
 STATE_NAMES = ("new", "ready", "running", "normal", "suspended", "waiting", "dead")
 
 _counter = itertools.count(1)
+_greenlet_dead: Any = greenlet.dead.__get__
 
 
 class Thread(greenlet, Generic[T]):
@@ -66,6 +67,7 @@ class Thread(greenlet, Generic[T]):
     __slots__ = (
         "_exc",
         "_fn_args",
+        "_home",
         "_joiners",
         "_kill_exc",
         "_loop",
@@ -87,8 +89,18 @@ class Thread(greenlet, Generic[T]):
         kwargs: dict[str, Any],
         parent: greenlet,
     ) -> None:
-        super().__init__(None, parent)
+        super().__init__(_thread_main, parent)
         self._loop = loop
+        self._reset(fn, args, kwargs, parent)
+
+    def _reset(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        resumer: greenlet,
+    ) -> None:
+        """Set up a new thread: called on creation and when an ended one is reused."""
         self._fn_args: tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]] | None = (
             fn,
             args,
@@ -97,7 +109,7 @@ class Thread(greenlet, Generic[T]):
         #: Names are made on first use: most threads are never asked for one.
         self._name: str | tuple[int | str, Any] = (next(_counter), fn)
         self._state = NEW
-        self._resumer: greenlet = parent
+        self._resumer: greenlet = resumer
         self._result: T | None = None
         self._exc: BaseException | None = None
         self._joiners: list[Thread[Any]] | None = None
@@ -111,17 +123,25 @@ class Thread(greenlet, Generic[T]):
         #: A kill() aimed at this thread while it was resuming another one.
         self._pending_kill: BaseException | None = None
 
+    #: While parked for reuse: a weak reference to the loop (see Loop._keep_parked).
+    _home: Callable[[], Loop | None]
+
     # greenlet's truth value means "started and not dead"; a Thread object is
     # always truthy, like any other handle.
     def __bool__(self) -> bool:
         return True
 
-    def run(self, *_switch_args: object) -> None:  # greenlet calls this on the first switch in
-        fn_args = self._fn_args
-        if fn_args is None:  # killed before it started
-            return
+    @property
+    def dead(self) -> bool:
+        """True once the handler has ended (greenlet's ``dead``, for a thread)."""
+        # An ended thread's greenlet may be parked for reuse (see
+        # Loop._keep_parked) and so not dead for greenlet itself.
+        return self._state == DEAD or _greenlet_dead(self)
+
+    def _run_handler(self) -> bool:
+        """Run the handler and record how it ended; True if the greenlet may be reused."""
+        fn, args, kwargs = self._fn_args  # type: ignore[misc]
         self._fn_args = None
-        fn, args, kwargs = fn_args
         try:
             # Plain calls, not fn(*args): CPython runs a plain call of a
             # Python function in the same C-level frame, where a star-call
@@ -139,8 +159,13 @@ class Thread(greenlet, Generic[T]):
                 self._result = fn(args[0], args[1], args[2])
             else:
                 self._result = fn(*args)
-        except (ThreadExit, GreenletExit):
+        except ThreadExit:
             pass  # killed: not an error, not logged; join() returns None
+        except GreenletExit:
+            # Killed the same way, or by greenlet itself, which throws
+            # GreenletExit into a suspended greenlet it is about to free:
+            # then the greenlet must end, not be parked for reuse.
+            return False
         except BaseException as exc:
             self._exc = exc
             if exc is self._kill_exc:
@@ -153,7 +178,8 @@ class Thread(greenlet, Generic[T]):
                 raise
             else:
                 logger.error("%s raised %s", self.name, type(exc).__name__, exc_info=exc)
-        self._loop._thread_finished(self)
+            return False
+        return True
 
     # ---------------------------------------------------------------- public
 
@@ -180,7 +206,10 @@ class Thread(greenlet, Generic[T]):
     @property
     def loop(self) -> Loop:
         """The loop this thread belongs to."""
-        return self._loop
+        loop: Loop | None = self._loop
+        if loop is None:  # parked for reuse: see Loop._keep_parked
+            loop = self._home()
+        return loop  # type: ignore[return-value]  # None only once the loop is gone
 
     @property
     def state(self) -> str:
@@ -220,6 +249,8 @@ class Thread(greenlet, Generic[T]):
         ``timeout`` seconds).  Killing a dead or not yet started thread is
         harmless; killing the running thread raises ``exc`` right here.
         """
+        if self._state == DEAD:
+            return
         self._loop._kill(self, exc, block=block, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -230,3 +261,38 @@ class Thread(greenlet, Generic[T]):
         elif self._state == DEAD and self._exc is not None:
             detail = f" with {type(self._exc).__name__}"
         return f"<Thread {reprlib.repr(self.name)} {state}{detail}>"
+
+
+def _thread_main(*_switch_args: object) -> None:
+    """What every thread's greenlet runs: handlers, one after another.
+
+    After a handler ends, the loop may keep the greenlet parked here and
+    later hand it a new thread to run (see ``Loop._keep_parked``).  While
+    parked, no local variable refers to the thread or its loop: a parked
+    greenlet that nothing else refers to is freed (greenlet then ends it
+    with ``GreenletExit``), and it never keeps a dropped loop alive.
+    """
+    thread: Thread[Any] = getcurrent()  # type: ignore[assignment]
+    while True:
+        if thread._fn_args is None:  # killed before it started
+            return
+        reusable = thread._run_handler()
+        loop = thread._loop
+        loop._thread_finished(thread)
+        if not (reusable and loop._keep_parked(thread)):
+            return
+        del thread, loop
+        thread = _wait_for_reuse()
+
+
+def _wait_for_reuse() -> Thread[Any]:
+    """Park the current greenlet until it is given a new thread to run; return that."""
+    value: object = None
+    while True:
+        # Control goes where the ending would have sent it: the greenlet
+        # parent, which _thread_finished set.  No local refers to the thread.
+        value = getcurrent().parent.switch(value)  # type: ignore[union-attr]
+        if getcurrent()._fn_args is not None:  # type: ignore[attr-defined]
+            return getcurrent()  # type: ignore[return-value]
+        # Something switched into what is, for everyone else, a dead
+        # greenlet; greenlet would pass that on to the parent: so do we.
