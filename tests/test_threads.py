@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
 import sys
 import threading
 import types
+import warnings
 import weakref
 from typing import Any
 
@@ -14,6 +16,8 @@ import greenlet
 import pytest
 
 import socketloop
+import socketloop._loop as loop_module
+from conftest import LOOP_KINDS, make_loop
 from socketloop import CoroLoop, Loop, Thread
 
 # ------------------------------------------------------------------ newthread
@@ -631,6 +635,172 @@ def test_the_loop_keeps_a_bounded_number_of_ended_threads(loop: Loop) -> None:
         loop.resume(thread)
     del thread, blockers
     assert len(loop._parked) == IDLE_THREADS_KEPT
+
+
+def test_attributes_set_on_a_thread_do_not_reach_a_later_thread(loop: Loop) -> None:
+    seen: list[Any] = []
+
+    def first() -> None:
+        loop.current().request_id = "first"  # type: ignore[union-attr]
+
+    def second() -> None:
+        seen.append(getattr(loop.current(), "request_id", None))
+
+    loop.newthread(first)
+    loop.newthread(second)
+    assert seen == [None]
+
+
+def test_a_reused_thread_may_resume_the_thread_that_started_its_predecessor(loop: Loop) -> None:
+    def starter() -> None:
+        loop.newthread(lambda: None)  # ends at once, while this thread resumes it
+        loop.suspend()
+
+    first = loop.newthread(starter)
+
+    def resumer() -> str:
+        loop.resume(first)  # first ends; control comes back here
+        return "done"
+
+    second = loop.newthread(resumer)
+    assert second.join() == "done"
+    assert not first.is_alive()
+    assert loop.threads() == []
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_thread_killed_before_it_started_on_a_reused_greenlet_leaves_nothing_behind(
+    kind: str,
+) -> None:
+    def scenario() -> tuple[weakref.ref[Any], weakref.ref[Loop]]:
+        lp = make_loop(kind)
+        lp.newthread(lambda: None)
+        box: list[Thread[Any]] = []
+        thread = lp.spawn(lambda: box[0].name)  # refers to its own handle
+        box.append(thread)
+        thread.kill()
+        lp.close()
+        return weakref.ref(thread), weakref.ref(lp)
+
+    thread_ref, loop_ref = scenario()
+    gc.collect()
+    assert thread_ref() is None
+    assert loop_ref() is None
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize(
+    "leave_behind",
+    ["a closure over the loop", "a thread killed while sleeping", "a result that is the loop"],
+)
+def test_a_loop_dropped_without_close_is_collected_whatever_its_ended_threads_refer_to(
+    kind: str, leave_behind: str
+) -> None:
+    def scenario() -> weakref.ref[Loop]:
+        lp = make_loop(kind)
+        if leave_behind == "a closure over the loop":
+            lp.newthread(lambda: lp.current() and None)
+        elif leave_behind == "a thread killed while sleeping":
+            lp.newthread(lp.sleep, 30).kill()
+        else:
+            lp.newthread(lambda: lp)
+        return weakref.ref(lp)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop_ref = scenario()
+        gc.collect()
+    assert loop_ref() is None
+
+
+def test_attributes_set_on_a_thread_killed_before_it_started_do_not_reach_a_later_thread(
+    loop: Loop,
+) -> None:
+    loop.newthread(lambda: None)
+    killed = loop.spawn(lambda: None)
+    killed.request_id = "killed"  # type: ignore[attr-defined]
+    killed.kill()
+    del killed
+    seen: list[Any] = []
+    loop.newthread(lambda: seen.append(getattr(loop.current(), "request_id", None)))
+    assert seen == [None]
+
+
+def test_a_handler_whose_attributes_cannot_be_read_ends_normally(loop: Loop) -> None:
+    class Strict:
+        def __call__(self) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"no attribute {name} outside a request")
+
+    loop.newthread(lambda: None)
+    thread = loop.newthread(Strict())
+    assert thread.state == "dead"
+    assert thread.join() is None
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_loop_driven_from_a_dropped_greenlet_is_collected(kind: str) -> None:
+    main = greenlet.getcurrent()
+
+    def drive(lp: Loop) -> None:
+        while True:
+            lp.step(0)
+            main.switch()
+
+    def scenario() -> tuple[weakref.ref[Loop], weakref.ref[greenlet.greenlet]]:
+        lp = make_loop(kind)
+        lp.newthread(lambda: None)
+        driver = greenlet.greenlet(drive)
+        lp.spawn(lambda: None)  # ends in the driver's dispatch
+        driver.switch(lp)
+        return weakref.ref(lp), weakref.ref(driver)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop_ref, driver_ref = scenario()
+        gc.collect()
+    assert loop_ref() is None
+    assert driver_ref() is None
+
+
+def test_a_kept_handle_is_never_reused_even_if_the_first_reuse_finds_the_list_full(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop_module, "_parked_refs", None)  # measure again, here
+    handles = [loop.newthread(loop.suspend) for _ in range(loop_module.IDLE_THREADS_KEPT)]
+    for thread in handles:
+        loop.resume(thread)  # all end and park; the list is full
+    loop.newthread(lambda: None)  # the first reuse: the measurement happens now
+    kept = loop.newthread(lambda: None)
+    alias = kept
+    fresh = loop.newthread(loop.suspend)
+    assert fresh is not kept
+    assert alias.state == "dead"
+    loop.resume(fresh)
+
+
+def test_reuse_waits_for_a_tracer_to_leave_before_measuring(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop_module, "_parked_refs", None)
+
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
+        frame.f_locals  # noqa: B018 - a debugger's tracer keeps frame locals alive
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        loop.newthread(lambda: None)
+        loop.newthread(lambda: None)
+    finally:
+        sys.settrace(None)
+    assert loop_module._parked_refs is None
+    seen: list[int] = []
+    loop.newthread(lambda: seen.append(id(loop.current())))
+    loop.newthread(lambda: seen.append(id(loop.current())))
+    assert seen[0] == seen[1]
 
 
 def test_closing_the_loop_ends_the_greenlets_of_ended_threads() -> None:

@@ -43,13 +43,14 @@ import ssl
 import sys
 import threading
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from greenlet import GreenletExit, getcurrent, greenlet
+from greenlet import GreenletExit, getcurrent, gettrace, greenlet
 
 from . import _originals
 from ._errors import BusyResourceError, DeadlockError, ThreadExit, closed_error
@@ -116,6 +117,14 @@ _CLOSED = object()
 
 
 _parked_refs: int | None = None
+_greenlet_dead: Any = greenlet.dead.__get__
+#: Handlers whose name can be read without running user code.
+_PLAIN_CALLABLES = (
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+)
 
 
 def _nothing() -> None:
@@ -290,6 +299,7 @@ class Loop:
         #: Ended threads parked for reuse (see _keep_parked).
         self._parked: list[Thread[Any]] = []
         self._weakself = weakref.ref(self)
+        self._measuring = False
         #: Waits on things outside the loop (OS-thread pools) that will come
         #: back through call_soon_threadsafe: they keep start() running.
         self._external_waits = 0
@@ -598,15 +608,47 @@ class Loop:
             or self._closed
             or len(parked) >= IDLE_THREADS_KEPT
             or getcurrent() is not thread
+            # Control goes to the OS thread's root greenlet (the usual
+            # dispatcher), which lives as long as the OS thread does.
+            or (thread.parent is not self._root and not self._measuring)
+            or not self._strippable(thread)
         ):
             return False
+        thread.gr_context = None  # drop the context variables the handler set
+        self._strip_parked(thread)
         parked.append(thread)
-        # A parked thread must not keep its loop alive (greenlet cannot
-        # collect a suspended greenlet in a reference cycle); its ``loop``
-        # property goes through a weak reference meanwhile.
+        return True
+
+    @staticmethod
+    def _strippable(thread: Thread[Any]) -> bool:
+        """Can ``thread`` be parked without keeping alive anything a handle could reach?
+
+        A parked greenlet cannot be garbage-collected (greenlet cannot see
+        what its suspended frames refer to), so it must refer to nothing
+        that could lead back to its loop: no result, no exception, no
+        attributes, and a name that needs no handler object.
+        """
+        if thread._result is not None or thread._exc is not None or thread.__dict__:
+            return False
+        name = thread._name
+        if type(name) is not tuple or isinstance(name[0], str):
+            return True  # already a string, or a server's (label, address)
+        return type(name[1]) in _PLAIN_CALLABLES
+
+    def _strip_parked(self, thread: Thread[Any]) -> None:
+        """Drop what a parked thread refers to that a handle cannot observe."""
+        name = thread._name
+        if type(name) is tuple and not isinstance(name[0], str):
+            thread._name = f"Thread-{name[0]} ({name[1].__qualname__})"  # not the handler
+        thread._kill_exc = None
+        thread._pending_kill = None
+        thread._waiting_on = None
+        thread._wake_value = None
+        thread._wake_exc = None
+        thread._resumer = self._root if self._root is not None else thread._resumer
+        # The loop stays reachable through a weak reference only (see Thread.loop).
         thread._home = self._weakself
         thread._loop = None  # type: ignore[assignment]
-        return True
 
     def _take_parked(
         self,
@@ -620,18 +662,26 @@ class Loop:
         An ended thread is reused only when nothing but its own parked frame
         refers to it: then no handle to it exists anywhere, and the reuse
         cannot be told from a new thread.  One that is still referenced (a
-        handle kept for ``join()``, a weak reference, a stale greenlet
-        parent) is ended for real instead.
+        handle kept for ``join()``, a weak reference, a greenlet parent) is
+        ended for real instead.
         """
         global _parked_refs
         if _parked_refs is None:
+            if sys.gettrace() or sys.getprofile() or gettrace():
+                # A tracer may hold references (frame locals, switch
+                # arguments): measure later.
+                return Thread(self, fn, args, kwargs, root)
             _parked_refs = self._measure_parked_refs(root)
         parked = self._parked
         while parked:
             thread, refs = _pop_counting_refs(parked)
-            if refs == _parked_refs and not weakref.getweakrefcount(thread):
+            if (
+                refs == _parked_refs
+                and not weakref.getweakrefcount(thread)
+                and not _greenlet_dead(thread)
+            ):
                 thread._loop = self
-                thread.gr_context = None  # as for a new greenlet: no context variables
+                thread.parent = root  # as for a new thread: no parent cycle can form
                 thread._reset(fn, args, kwargs, root)
                 return thread
             self._retire(thread)
@@ -641,19 +691,40 @@ class Loop:
         """The reference count of a parked greenlet that nothing else refers to.
 
         Measured once on a probe that runs the same code as every thread,
-        since it depends on the interpreter and greenlet versions.
+        since it depends on the interpreter and greenlet versions.  The probe
+        is started from a helper greenlet (where it parks, whoever calls)
+        and parks in a list of its own.
         """
-        probe: Thread[None] = Thread(self, _nothing, (), {}, root)
-        self._resume_into(probe, None)
-        del probe
-        if not self._parked or self._parked[-1]._fn_args is not None:
-            return -1  # the probe was not parked: never reuse
-        thread, refs = _pop_counting_refs(self._parked)
-        self._retire(thread)
-        return refs
+        saved = self._parked
+        self._parked = []
+        self._measuring = True
+        try:
+
+            def start_probe() -> None:
+                self._resume_into(Thread(self, _nothing, (), {}, root), None)
+
+            greenlet(start_probe).switch()
+            if len(self._parked) != 1:
+                return -1  # not parked (reuse is impossible here): never reuse
+            thread, refs = _pop_counting_refs(self._parked)
+            self._retire(thread)
+            return refs
+        finally:
+            self._parked = saved
+            self._measuring = False
+
+    def _repark(self, thread: Thread[Any]) -> None:
+        """A reused greenlet whose new thread was killed before it started: park it again."""
+        if self._closed or len(self._parked) >= IDLE_THREADS_KEPT or not self._strippable(thread):
+            self._retire(thread)
+        else:
+            self._strip_parked(thread)
+            self._parked.append(thread)
 
     def _retire(self, thread: Thread[Any]) -> None:
         """End a parked greenlet for good (its thread has long ended)."""
+        if _greenlet_dead(thread):
+            return
         try:
             thread.parent = getcurrent()
         except ValueError:  # pragma: no cover - a cycle: let garbage collection end it
@@ -736,6 +807,8 @@ class Loop:
             if not isinstance(error, ThreadExit):
                 thread._exc = error
             self._thread_finished(thread)
+            if thread.gr_frame is not None:  # a reused greenlet, parked in _thread_main
+                self._repark(thread)
             return
         thread._kill_exc = error
         if getcurrent() is thread:

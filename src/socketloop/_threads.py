@@ -205,7 +205,12 @@ class Thread(greenlet, Generic[T]):
 
     @property
     def loop(self) -> Loop:
-        """The loop this thread belongs to."""
+        """The loop this thread belongs to.
+
+        (An ended thread refers to its loop weakly while its greenlet waits
+        for reuse; if the loop was dropped without ``close()`` and collected
+        meanwhile, this is None.)
+        """
         loop: Loop | None = self._loop
         if loop is None:  # parked for reuse: see Loop._keep_parked
             loop = self._home()
@@ -272,6 +277,7 @@ def _thread_main(*_switch_args: object) -> None:
     greenlet that nothing else refers to is freed (greenlet then ends it
     with ``GreenletExit``), and it never keeps a dropped loop alive.
     """
+    del _switch_args  # a resume() argument must not live as long as the greenlet
     thread: Thread[Any] = getcurrent()  # type: ignore[assignment]
     while True:
         if thread._fn_args is None:  # killed before it started
