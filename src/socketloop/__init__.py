@@ -52,6 +52,26 @@ from ._tls import AsyncTLSSocket
 
 __version__ = "0.1.0"
 
+#: Submodules loaded on first attribute access (PEP 562), so that
+#: ``import socketloop`` stays cheap and ``socketloop.ssl.create_default_context()``
+#: works without a separate ``import socketloop.ssl``.
+_LAZY_SUBMODULES = frozenset({"socket", "ssl", "testing"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        # import_module binds the submodule as an attribute of the package,
+        # so __getattr__ runs once per submodule.
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES)
+
+
 _functions: LoopFunctions[Loop] = LoopFunctions(get_loop)
 copy_docs(_functions, Loop)
 
