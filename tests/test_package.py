@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+
+import pytest
 
 
 def run_python(code: str) -> str:
@@ -57,3 +60,39 @@ def test_the_lazy_submodules_are_listed_by_dir() -> None:
     import socketloop
 
     assert {"socket", "ssl", "testing"} <= set(dir(socketloop))
+
+
+def public_modules() -> list[str]:
+    """Every public module of the package: its non-underscore submodules, found on disk."""
+    import pkgutil
+
+    import socketloop
+
+    names = [
+        f"socketloop.{info.name}"
+        for info in pkgutil.iter_modules(socketloop.__path__)
+        if not info.name.startswith("_")
+    ]
+    return ["socketloop", *sorted(names)]
+
+
+def test_the_public_modules_are_discovered() -> None:
+    assert {"socketloop.coro", "socketloop.socket", "socketloop.ssl", "socketloop.testing"} <= set(
+        public_modules()
+    )
+
+
+@pytest.mark.parametrize("module_name", public_modules())
+def test_every_name_in_all_exists(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    names = getattr(module, "__all__", None)
+    assert names is not None, f"{module_name} has no __all__"
+    missing = [name for name in names if not hasattr(module, name)]
+    assert not missing, f"{module_name}.__all__ names what it lacks: {missing}"
+
+
+@pytest.mark.parametrize("module_name", public_modules())
+def test_star_import_works(module_name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {module_name} import *", namespace)
+    assert set(importlib.import_module(module_name).__all__) <= set(namespace)

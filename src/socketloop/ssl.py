@@ -23,7 +23,7 @@ from typing import Any
 
 from . import _originals
 from ._asocket import AsyncSocket
-from ._tls import starttls
+from ._tls import AsyncTLSSocket, starttls  # noqa: F401  (AsyncTLSSocket: in __all__)
 
 globals().update(
     {name: getattr(_stdlib_ssl, name) for name in dir(_stdlib_ssl) if not name.startswith("_")}
