@@ -32,6 +32,7 @@ from ._asocket import AsyncSocket
 from ._coro import CoroLoop
 from ._errors import BusyResourceError, DeadlockError, SendallTimeoutError, ThreadExit
 from ._loop import Loop, get_loop
+from ._loop import existing_loop as _existing_loop
 from ._patch import patch, patched, unpatch
 from ._server import Server
 from ._sync import (
@@ -72,7 +73,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | _LAZY_SUBMODULES)
 
 
-_functions: LoopFunctions[Loop] = LoopFunctions(get_loop)
+_functions: LoopFunctions[Loop] = LoopFunctions(get_loop, _existing_loop, "socketloop")
 copy_docs(_functions, Loop)
 
 call_later = _functions.call_later

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket as _socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -27,11 +28,33 @@ R = TypeVar("R")
 L = TypeVar("L", bound="Loop")
 
 
-class LoopFunctions(Generic[L]):
-    """The loop methods as functions of the calling OS thread's default loop."""
+def _no_loop_here(module: str, call: str) -> RuntimeError:
+    return RuntimeError(
+        f"{module}.{call} called from an OS thread that has no loop of its own: the module "
+        f"functions act on the calling OS thread's default loop.  Keep the loop in the OS "
+        f"thread that runs it (loop = {module}.get_loop()) and call loop.{call} from here"
+    )
 
-    def __init__(self, get_loop: Callable[[], L]) -> None:
+
+class LoopFunctions(Generic[L]):
+    """The loop methods as functions of the calling OS thread's default loop.
+
+    The thread-safe ones (``call_soon_threadsafe``, ``stop``) create no loop
+    in a secondary OS thread: called from one without a default loop of its
+    own, the user means another OS thread's loop, which these functions
+    cannot know, so they raise ``RuntimeError`` naming the way
+    (``loop.call_soon_threadsafe`` on a loop kept from its own OS thread)
+    instead of acting on a fresh loop nobody runs.  In the main OS thread
+    they act on its default loop as every other function does.
+    ``resume_threadsafe`` acts on the thread's own loop.
+    """
+
+    def __init__(
+        self, get_loop: Callable[[], L], existing_loop: Callable[[], L | None], module: str
+    ) -> None:
         self.get_loop = get_loop
+        self._existing_loop = existing_loop
+        self._module = module
 
     def wrap(self, sock: _socket.socket) -> AsyncSocket:
         return self.get_loop().wrap(sock)
@@ -161,8 +184,16 @@ class LoopFunctions(Generic[L]):
     def start(self, timeout: float | None = None) -> None:
         self.get_loop().start(timeout)
 
+    def _loop_for_threadsafe(self, call: str) -> L:
+        loop = self._existing_loop()
+        if loop is None:
+            if threading.current_thread() is not threading.main_thread():
+                raise _no_loop_here(self._module, call)
+            loop = self.get_loop()
+        return loop
+
     def stop(self) -> None:
-        self.get_loop().stop()
+        self._loop_for_threadsafe("stop()").stop()
 
     def step(self, timeout: float | None = None) -> bool:
         return self.get_loop().step(timeout)
@@ -188,10 +219,11 @@ class LoopFunctions(Generic[L]):
         return self.get_loop().call_later(delay, fn, *args)
 
     def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
-        self.get_loop().call_soon_threadsafe(fn, *args)
+        self._loop_for_threadsafe("call_soon_threadsafe()").call_soon_threadsafe(fn, *args)
 
     def resume_threadsafe(self, thread: Thread[Any], arg: Any = None) -> None:
-        self.get_loop().resume_threadsafe(thread, arg)
+        # The thread knows its loop: the one meant, from whichever OS thread.
+        thread.loop.resume_threadsafe(thread, arg)
 
     def timeout(self, seconds: float | None) -> Timeout:
         return self.get_loop().timeout(seconds)

@@ -34,6 +34,7 @@ import math
 import os
 import select
 import socket as _socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -756,6 +757,12 @@ class AsyncSocket:
 
         A thread waiting on it wakes with ``OSError(EBADF)``.  While file
         objects from ``makefile()`` are open, the fd stays open for them.
+
+        Thread-safe: called from an OS thread other than the one running the
+        socket's loop, the close (waking the waiters, releasing the fd) is
+        handed to the loop's OS thread through ``call_soon_threadsafe`` and
+        completes at its next step (or when the loop is closed); ``close``
+        itself returns at once.
         """
         self._closed = True
         if self._io_refs <= 0:
@@ -769,10 +776,30 @@ class AsyncSocket:
             poller = self._poller
             if poller is None or poller.owner is loop:  # the usual case: one loop
                 if loop is not None and not loop._closed:
+                    owner = loop._owner
+                    if owner is not None and owner != threading.get_ident():
+                        # The loop's tables belong to its OS thread, and closing
+                        # the fd here could let a new socket reuse its number
+                        # before the loop drops the old registration.
+                        loop.call_soon_threadsafe(self._close_in_loop)
+                        return
                     loop._forget_socket(self, fd)
             else:
                 self._forget(fd)
         sock.close()
+
+    def _close_in_loop(self) -> None:
+        """The part of a close from a foreign OS thread that runs in the loop's OS thread."""
+        fd = self.socket.fileno()
+        if fd >= 0:
+            loop = self._loop
+            if loop is not None and not loop._closed:
+                loop._forget_socket(self, fd)
+        self.socket.close()
+
+    # Loop.close() runs such pending calls instead of dropping them: the fd
+    # must not outlive the loop that was to release it.
+    _close_in_loop.runs_at_loop_close = True  # type: ignore[attr-defined]
 
     def _loops(self) -> list[Loop]:
         """The loops that may hold waiters or a registration for this socket."""

@@ -1761,6 +1761,9 @@ class Loop:
         self._timers.clear()
         self._ready.clear()
         self._callbacks.clear()
+        for fn, args in list(self._threadsafe):
+            if getattr(fn, "runs_at_loop_close", False):  # a socket closed from another OS thread
+                self._call_user(fn, args)
         self._threadsafe.clear()
         self._readers.clear()
         self._writers.clear()
@@ -1832,6 +1835,9 @@ class Loop:
         self._threads = {keep} if keep is not None else set()
         self._ready.clear()
         self._callbacks.clear()
+        for fn, args in list(self._threadsafe):
+            if getattr(fn, "runs_at_loop_close", False):  # a socket closed from another OS thread
+                self._call_user(fn, args)
         self._threadsafe.clear()
         self._readers.clear()
         self._writers.clear()
@@ -1872,6 +1878,12 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def existing_loop() -> Loop | None:
+    """The calling OS thread's default loop if it has an open one; never creates it."""
+    loop: Loop | None = getattr(_defaults, "loop", None)
+    return None if loop is None or loop._closed else loop
 
 
 def get_loop() -> Loop:

@@ -67,6 +67,12 @@ def get_loop() -> CoroLoop:
     return loop
 
 
+def _existing_loop() -> CoroLoop | None:
+    """The calling OS thread's default symmetric loop if it has an open one; never creates it."""
+    loop: CoroLoop | None = getattr(_defaults, "loop", None)
+    return None if loop is None or loop.closed else loop
+
+
 def transfer(thread: Thread[Any], arg: Any = None) -> Any:
     """Pass control directly to ``thread``; see ``CoroLoop.transfer``."""
     return get_loop().transfer(thread, arg)
@@ -74,7 +80,7 @@ def transfer(thread: Thread[Any], arg: Any = None) -> Any:
 
 transfer.__doc__ = CoroLoop.transfer.__doc__
 
-_functions: LoopFunctions[CoroLoop] = LoopFunctions(get_loop)
+_functions: LoopFunctions[CoroLoop] = LoopFunctions(get_loop, _existing_loop, "socketloop.coro")
 copy_docs(_functions, CoroLoop)
 
 call_later = _functions.call_later
