@@ -54,6 +54,17 @@ class ThreadExit(BaseException):
     """
 
 
+def require_callable(value: object, what: str) -> None:
+    """Raise ``TypeError`` at the call for an argument that must be callable.
+
+    Used where the value is only called later (in a new thread, a callback,
+    a signal handler), where the error would otherwise be logged far from
+    the mistake.
+    """
+    if not callable(value):
+        raise TypeError(f"{what} must be callable, not {type(value).__name__}")
+
+
 def closed_error(what: str = "socket") -> OSError:
     """The ``OSError(EBADF)`` raised for operations on a closed socket."""
     return OSError(errno.EBADF, f"{os.strerror(errno.EBADF)} ({what} is closed)")

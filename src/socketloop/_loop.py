@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 from greenlet import GreenletExit, getcurrent, gettrace, greenlet
 
 from . import _originals
-from ._errors import BusyResourceError, DeadlockError, ThreadExit, closed_error
+from ._errors import BusyResourceError, DeadlockError, ThreadExit, closed_error, require_callable
 from ._pool import DEFAULT_WORKERS, RESOLVER_WORKERS, ThreadPool, system_getaddrinfo
 from ._threads import (
     DEAD,
@@ -393,8 +393,10 @@ class Loop:
         The new thread runs until it first suspends (an async socket call
         that would block, ``suspend()``, ``sleep()``) or ends; then
         ``newthread`` returns it.  An exception in the handler does not
-        propagate here: it is logged and kept for ``join()``.
+        propagate here: it is logged and kept for ``join()``.  A ``handler``
+        that is not callable raises ``TypeError`` here.
         """
+        require_callable(handler, "the thread's handler")
         root = self._check()
         thread: Thread[R] = (
             self._take_parked(handler, args, kwargs, root)
@@ -406,7 +408,11 @@ class Loop:
         return thread
 
     def spawn(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
-        """Create a thread that starts at the next dispatch; return it at once."""
+        """Create a thread that starts at the next dispatch; return it at once.
+
+        A ``handler`` that is not callable raises ``TypeError`` here.
+        """
+        require_callable(handler, "the thread's handler")
         root = self._check()
         thread: Thread[R] = (
             self._take_parked(handler, args, kwargs, root)
@@ -1296,7 +1302,10 @@ class Loop:
         ``resolver(host, port, family, type, proto, flags)`` must return what
         ``socket.getaddrinfo`` returns.  It runs in the calling loop thread and
         may suspend it, so a resolver written with socketloop sockets works.
+        ``TypeError`` if it is neither callable nor None.
         """
+        if resolver is not None:
+            require_callable(resolver, "the resolver")
         self._resolver = resolver
 
     # ------------------------------------------------ OS threads and signals
@@ -1321,8 +1330,11 @@ class Loop:
 
         The resume happens in the loop's OS thread at its next step, as if
         ``resume(thread, arg)`` were called from a loop callback; if the thread
-        is not suspended by then, the error is logged.
+        is not suspended by then, the error is logged.  ``TypeError`` at the
+        call if ``thread`` is not a ``Thread``.
         """
+        if not isinstance(thread, Thread):
+            raise TypeError(f"resume_threadsafe() expects a Thread, got {type(thread).__name__}")
         self.call_soon_threadsafe(self._resume_soon, thread, arg)
 
     def _resume_soon(self, thread: Thread[Any], arg: Any) -> None:
@@ -1340,6 +1352,7 @@ class Loop:
         if handler is None:
             self._restore_signal(signum)
             return
+        require_callable(handler, "the signal handler")
 
         def on_signal(number: int, frame: FrameType | None) -> None:
             self.call_soon_threadsafe(self._spawn_signal_handler, handler, number)
@@ -1685,9 +1698,11 @@ class Loop:
         """Call ``fn(*args)`` from the dispatcher at the next step (FIFO).
 
         Callbacks must not block: a socket call made from one raises
-        ``RuntimeError``.  Errors are logged.
+        ``RuntimeError``.  Errors are logged.  ``TypeError`` here if ``fn`` is
+        not callable.
         """
         self._check()
+        require_callable(fn, "the callback")
         self._callbacks.append((fn, args))
 
     def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
@@ -1703,6 +1718,7 @@ class Loop:
     def call_at(self, when: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
         """Call ``fn(*args)`` at ``when`` (a ``time.monotonic()`` value)."""
         self._check()
+        require_callable(fn, "the callback")
         if math.isnan(when):
             raise ValueError("when is NaN")
         return self._timers.add(when, fn, args)
@@ -1711,8 +1727,10 @@ class Loop:
         """Schedule ``fn(*args)`` from any OS thread (or a signal handler).
 
         Calls run in FIFO order in the loop's OS thread; none is lost however
-        many arrive.  After ``close()`` this is a no-op.
+        many arrive.  After ``close()`` this is a no-op.  ``TypeError`` at
+        the call if ``fn`` is not callable.
         """
+        require_callable(fn, "the callback")
         if self._closed:
             return
         self._threadsafe.append((fn, args))

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _originals
 from ._asocket import AsyncSocket, format_address
+from ._errors import require_callable
 from ._loop import Loop
 from ._sync import Event
 from ._threads import WAITING, Thread
@@ -111,6 +112,7 @@ class Server:
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        require_callable(handler, "the connection handler")
         if not isinstance(sock, AsyncSocket):
             sock = AsyncSocket(sock, loop, timeout=None)
         if max_accept < 1:

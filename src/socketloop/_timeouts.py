@@ -44,6 +44,11 @@ class Timeout:
     __slots__ = ("_handle", "_loop", "_silent", "_thread", "expired", "seconds")
 
     def __init__(self, loop: Loop, seconds: float | None, *, silent: bool) -> None:
+        # Checked here, not when the block is entered: the mistake is at this call.
+        if seconds is not None and not isinstance(seconds, (int, float)):
+            raise TypeError(
+                f"timeout seconds must be a number or None, not {type(seconds).__name__}"
+            )
         self._loop = loop
         self.seconds = seconds
         self._silent = silent
