@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The demo needs only the runtime (greenlet); the test and lint extras come with `make test`.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k server -x"`.
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint unit bench soak clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(PY) -m socketloop demo
 
 test: lint unit

@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,6 +19,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.timeout(90)
+def test_demo_measures_the_one_after_another_figure() -> None:
+    began = time.monotonic()
+    result = run_cli("demo", "--pages", "5", "--delay", "0.3")
+    elapsed = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    total, serial = map(
+        float, re.findall(r"total: ([\d.]+) s concurrently; .*?: ([\d.]+) s", result.stdout)[0]
+    )
+    assert "one after another (measured)" in result.stdout
+    # The sequential fetches really ran: the demo took at least both phases.
+    assert elapsed >= total + serial
+    assert serial >= 5 * 0.3
 
 
 @pytest.mark.timeout(90)
