@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k server -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit bench soak clean
+.PHONY: demo test servers lint unit bench soak clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ $(STAMP): $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(PY) -m socketloop demo
 
-test: lint unit
+test: servers lint unit
+
+# The real servers the tests start on loopback (.ci/debian-packages.txt):
+# installed with apt-get when run as root; otherwise one line says what is
+# skipped and how to install it.  Quiet and quick when all are installed.
+servers:
+	@sh .ci/install-servers
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks soak
