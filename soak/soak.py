@@ -1,10 +1,10 @@
 """Soak test: an echo server, a relay in front of it, and 1,000 misbehaving clients.
 
 Run as ``python soak/soak.py --seconds N [--connections 1000] [--seed S]
-[--loop default|coro]``.  Everything runs in one process, on one loop, in one
-OS thread: the echo server, the relay (a proxy that forwards each client
-connection to the echo server over its own upstream connection, one loop
-thread per direction) and the clients (half connect to the echo server
+[--loop default|coro] [--poller default|epoll|poll]``.  Everything runs in
+one process, on one loop, in one OS thread: the echo server, the relay (a
+proxy that forwards each client connection to the echo server over its own
+upstream connection, one loop thread per direction) and the clients (half connect to the echo server
 directly, half through the relay).  One process because a Python process uses
 at most one core whatever it does: the whole soak then costs at most one of
 the machine's two cores (clients in a second process would take the other
@@ -36,10 +36,14 @@ ended gracefully (half-close or close) and its echo never came back;
 connection the client reset itself are reported but never count as lost.
 The exit status is 0 only when nothing was lost or corrupted, the servers
 survived (no handler error, no unexpected client error, no library warning,
-nothing stalled) and the fds and loop threads after the run equal those
-before.  Stalls are caught twice: a loop thread fails any session idle for
-10 s, and an OS thread fails the run when the loop makes no progress for 10 s
-(or does not drain after the run), printing every stack if the loop is frozen.
+nothing stalled), the faults were really exercised (at least one stall
+filled the path up to a blocked server ``sendall``, at least one client
+reset with messages in flight), the fds, loop threads and OS threads after
+the run equal those before, and RSS grew by at most ``RSS_GROWTH_LIMIT_KIB``
+(48 MiB) between the warm-up sample and the end.  Stalls are caught twice: a
+loop thread fails any session idle for 10 s, and an OS thread fails the run
+when the loop makes no progress for 10 s (or does not drain after the run),
+printing every stack if the loop is frozen.
 """
 
 from __future__ import annotations
@@ -125,6 +129,17 @@ PROGRESS_INTERVAL = 10.0
 #: Library log records at WARNING or above are counted (each one fails the soak)
 #: and only the first few are printed.
 LOG_SHOWN = 10
+#: RSS is sampled once the run is this far in (or half-way through a shorter
+#: run): by then every client has run sessions of every kind and the
+#: allocator's pools and the loop's parked threads have about reached their
+#: size (at 1,000 clients RSS climbs for 20 to 30 s, then stays flat).
+WARM_UP = 20.0
+#: Most the RSS may grow between the warm-up sample and the end of the run.
+#: A steady state grows by a few MiB (allocator fragmentation with 64 KiB
+#: messages); a leak of one small object per message (tens of thousands of
+#: messages a minute) or of one socket's buffers per session goes past it.
+RSS_GROWTH_LIMIT_KIB = 48 * 1024
+
 #: Lines of detail printed per kind of failure (corruption, loss, stall, ...).
 DETAILS_PER_KIND = 8
 
@@ -164,6 +179,8 @@ class Stats:
         self.failures: list[str] = []
         self.details: dict[str, list[str]] = {}
         self.run_done_at: float | None = None
+        #: RSS after the warm-up (KiB), sampled by the watchdog; None until then.
+        self.rss_warm_kib: int | None = None
 
     def tick(self) -> None:
         self.progress += 1
@@ -224,12 +241,14 @@ class Snapshot:
     threads: int
     threads_by_state: dict[str, int]
     rss_kib: int
+    os_threads: tuple[str, ...]
 
     @classmethod
     def take(cls, loop: Loop) -> Snapshot:
         stats = loop.statistics()
         by_state = {k: v for k, v in stats["threads_by_state"].items() if v}
-        return cls(fd_count(), int(stats["threads"]), by_state, rss_kib())
+        os_threads = tuple(sorted(t.name for t in threading.enumerate()))
+        return cls(fd_count(), int(stats["threads"]), by_state, rss_kib(), os_threads)
 
 
 # ------------------------------------------------------------------- messages
@@ -1035,6 +1054,7 @@ class Watchdog:
     def __init__(self, loop: Loop, stats: Stats, seconds: float) -> None:
         self.loop = loop
         self.stats = stats
+        self.warm_at = time.monotonic() + min(WARM_UP, seconds / 2)
         self.deadline = time.monotonic() + seconds + HARD_MARGIN
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self.run, name="soak watchdog", daemon=True)
@@ -1052,6 +1072,8 @@ class Watchdog:
         changed = time.monotonic()
         while not self.finished.wait(0.5):
             now = time.monotonic()
+            if stats.rss_warm_kib is None and now >= self.warm_at:
+                stats.rss_warm_kib = rss_kib()
             if stats.progress != last:
                 last = stats.progress
                 changed = now
@@ -1140,8 +1162,11 @@ def report(
         f"open fds            before {before.fds}, after {after.fds}",
         f"loop threads        before {before.threads}, after {after.threads} "
         f"{after.threads_by_state or ''}",
-        f"RSS                 start {mib(before.rss_kib)}, end {mib(after.rss_kib)} "
-        f"(peak {mib(rss_kib('VmHWM'))})",
+        f"OS threads          before {len(before.os_threads)}, after {len(after.os_threads)}",
+        f"RSS                 start {mib(before.rss_kib)}, after warm-up "
+        f"{mib(stats.rss_warm_kib or 0)}, end {mib(after.rss_kib)} "
+        f"(peak {mib(rss_kib('VmHWM'))}); growth after warm-up allowed up to "
+        f"{mib(RSS_GROWTH_LIMIT_KIB)}",
     ]
     print("\n".join(lines))
 
@@ -1167,6 +1192,23 @@ def report(
         failures.append(f"loop threads: {before.threads} before, {after.threads} after")
     if stats.messages_echoed == 0:
         failures.append("no message was echoed at all")
+    if after.os_threads != before.os_threads:
+        failures.append(f"OS threads: {before.os_threads} before, {after.os_threads} after")
+    if stats.rss_warm_kib is None:
+        failures.append("the run ended before RSS was sampled after the warm-up")
+    elif after.rss_kib - stats.rss_warm_kib > RSS_GROWTH_LIMIT_KIB:
+        failures.append(
+            f"RSS grew by {mib(after.rss_kib - stats.rss_warm_kib)} after the warm-up "
+            f"(limit {mib(RSS_GROWTH_LIMIT_KIB)})"
+        )
+    # The faults must have been exercised, or the run proves less than it says.
+    if stats.stalls_filled == 0:
+        failures.append(
+            f"no stall filled the path ({stats.faults['stall']} stalls injected): "
+            "back-pressure through sendall was not exercised"
+        )
+    if stats.in_flight_at_reset == 0:
+        failures.append("no client reset its connection with messages in flight")
     for kind, details in stats.details.items():
         print(f"details ({kind}):")
         for line in details:
@@ -1183,6 +1225,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=1000, help="concurrent clients")
     parser.add_argument("--seed", type=int, default=1, help="seed of every random choice")
     parser.add_argument("--loop", choices=("default", "coro"), default="default")
+    parser.add_argument(
+        "--poller",
+        choices=("default", "epoll", "poll"),
+        default="default",
+        help="the loop's poll backend (default: the best available, epoll on Linux)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.connections < 2:
         parser.error("--seconds must be positive and --connections at least 2")
@@ -1198,11 +1246,14 @@ def main(argv: list[str] | None = None) -> int:
     library_logger.setLevel(logging.WARNING)
     library_logger.propagate = False
 
-    loop: Loop = socketloop.get_loop() if args.loop == "default" else socketloop.coro.get_loop()
+    if args.poller == "default":
+        loop: Loop = socketloop.get_loop() if args.loop == "default" else socketloop.coro.get_loop()
+    else:
+        loop = (Loop if args.loop == "default" else socketloop.CoroLoop)(poller=args.poller)
     stats = Stats()
     print(
         f"soak: {args.connections} clients for {args.seconds:g} s, loop {args.loop}, "
-        f"seed {args.seed}",
+        f"poller {args.poller}, seed {args.seed}",
         flush=True,
     )
     before = Snapshot.take(loop)

@@ -219,14 +219,58 @@ def _private_dir(parent: Path, name: str) -> Path:
 #: Stock nginx has no "sleep" directive (``echo_sleep`` needs a third-party
 #: module, and ``limit_rate`` works in whole seconds), so nginx proxies
 #: ``/delay`` here; the client still talks to nginx only.
+#:
+#: It also counts the requests in flight, so that a test can prove overlap
+#: instead of inferring it from a duration: ``/delay?gather=N`` holds each
+#: request until N have arrived (at most ``GATHER_TIMEOUT`` s; after one such
+#: timeout the round's later requests answer at once, so a client that does
+#: not overlap fails fast), and ``/delay/peak`` answers the most requests seen
+#: in flight together since the previous ``/delay/peak``, and starts a new
+#: round.
 DELAY_BACKEND = textwrap.dedent(
     """
-    import http.server, sys, time
+    import http.server, sys, threading, time, urllib.parse
+
+    DELAY, GATHER_TIMEOUT = float(sys.argv[2]), float(sys.argv[3])
+    state = threading.Condition()
+    in_flight = peak = gathered = 0
+    gather_failed = False
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            time.sleep(float(sys.argv[2]))
-            body = b"delayed\\n"
+            global in_flight, peak, gathered, gather_failed
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/delay/peak":
+                with state:
+                    body = str(peak).encode()
+                    peak, gathered, gather_failed = in_flight, 0, False
+                return self.answer(body)
+            query = urllib.parse.parse_qs(url.query)
+            with state:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                state.notify_all()
+            try:
+                if "gather" in query:
+                    count = int(query["gather"][0])
+                    with state:
+                        # Counted apart from in_flight, which the first
+                        # released requests lower before the others wake.
+                        gathered += 1
+                        state.notify_all()
+                        if not gather_failed and not state.wait_for(
+                            lambda: gathered >= count or gather_failed, GATHER_TIMEOUT
+                        ):
+                            gather_failed = True
+                            state.notify_all()
+                else:
+                    time.sleep(DELAY)
+                self.answer(b"delayed\\n")
+            finally:
+                with state:
+                    in_flight -= 1
+
+        def answer(self, body):
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
@@ -243,6 +287,9 @@ DELAY_BACKEND = textwrap.dedent(
     Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
     """
 )
+
+#: Longest a ``/delay?gather=N`` request waits for the other N - 1.
+GATHER_TIMEOUT = 20.0
 
 #: Seconds each request to nginx's ``/delay`` takes.
 DELAY = 0.5
@@ -297,7 +344,7 @@ class Nginx:
 def start_delay_backend(parent: Path) -> ServerProcess:
     directory = _private_dir(parent, "delay-backend")
     port = free_port()
-    argv = [sys.executable, "-c", DELAY_BACKEND, str(port), str(DELAY)]
+    argv = [sys.executable, "-c", DELAY_BACKEND, str(port), str(DELAY), str(GATHER_TIMEOUT)]
     return ServerProcess("delay-backend", argv, port, directory).start()
 
 

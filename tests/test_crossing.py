@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LOOP_KINDS, make_loop, run
+from conftest import LOOP_KINDS, make_loop, run, wait_until_polling
 from socketloop import Loop, Thread
 from socketloop._pool import DEFAULT_WORKERS
 
@@ -204,15 +204,13 @@ def test_call_soon_threadsafe_8_os_threads_x_10000_calls_lose_none_and_keep_fifo
 
 def test_call_soon_threadsafe_wakes_a_polling_loop(loop: Loop) -> None:
     keeper = loop.newthread(loop.sleep, 60)
-    polling = threading.Event()
     log: list[str] = []
 
     def from_outside() -> None:
-        polling.wait(WAIT)
+        wait_until_polling(loop, WAIT)
         loop.call_soon_threadsafe(log.append, "called")
         loop.call_soon_threadsafe(loop.stop)
 
-    loop.call_soon(polling.set)
     worker = start_os_thread(from_outside)
     loop.start(WAIT)
     worker.join(WAIT)
@@ -292,6 +290,7 @@ def test_call_soon_threadsafe_from_the_loops_own_thread_and_from_a_callback(loop
     assert log == ["first", "from thread", "from callback"]
 
 
+@pytest.mark.expect_errors
 def test_call_soon_threadsafe_error_is_logged_and_later_calls_still_run(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -357,7 +356,6 @@ def test_call_soon_threadsafe_racing_close_never_raises(loop: Loop) -> None:
 def test_resume_threadsafe_from_another_os_thread_wakes_a_polling_loop(loop: Loop) -> None:
     keeper = loop.newthread(loop.sleep, 60)
     log: list[Any] = []
-    polling = threading.Event()
 
     def suspended() -> None:
         log.append(("resumed with", loop.suspend()))
@@ -366,10 +364,9 @@ def test_resume_threadsafe_from_another_os_thread_wakes_a_polling_loop(loop: Loo
     thread = loop.newthread(suspended)
 
     def from_outside() -> None:
-        polling.wait(WAIT)
+        wait_until_polling(loop, WAIT)
         loop.resume_threadsafe(thread, "value")
 
-    loop.call_soon(polling.set)
     worker = start_os_thread(from_outside)
     loop.start(WAIT)
     worker.join(WAIT)
@@ -377,6 +374,7 @@ def test_resume_threadsafe_from_another_os_thread_wakes_a_polling_loop(loop: Loo
     assert not thread.is_alive()
 
 
+@pytest.mark.expect_errors
 def test_resume_threadsafe_of_a_thread_that_is_not_suspended_logs_an_error(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -208,6 +208,7 @@ def test_connect_to_numeric_addresses_skips_the_resolver(loop: Loop) -> None:
     close_and_drain(loop, v4, v6)
 
 
+@pytest.mark.expect_errors
 def test_gaierror_from_the_default_resolver_names_the_host(loop: Loop) -> None:
     # AI_NUMERICHOST makes the system resolver fail at once, without any DNS query.
     with pytest.raises(socket.gaierror, match=r"not-numeric\.test") as excinfo:
@@ -229,6 +230,7 @@ def test_gaierror_outside_loop_threads_names_the_host(loop: Loop) -> None:
         loop.getaddrinfo("not-numeric.test", 80, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
 
 
+@pytest.mark.expect_errors
 def test_gaierror_from_a_custom_resolver_through_connect_names_the_host(loop: Loop) -> None:
     def failing(
         host: Any, port: Any, family: int, type: int, proto: int, flags: int
@@ -328,6 +330,7 @@ def test_a_refused_first_address_starts_the_next_attempt_at_once(
     assert elapsed < 2.0  # far below the 5 s stagger
 
 
+@pytest.mark.expect_errors
 def test_when_every_address_fails_the_first_error_is_raised(loop: Loop) -> None:
     with (
         refusing_address(socket.AF_INET6) as (v6_host, v6_port),
@@ -449,6 +452,7 @@ def test_newserver_unix_refuses_to_replace_a_regular_file(loop: Loop, short_dir:
         assert f.read() == "precious"
 
 
+@pytest.mark.expect_errors
 def test_connect_unix_to_a_missing_path_raises_file_not_found(loop: Loop, short_dir: str) -> None:
     with pytest.raises(FileNotFoundError):
         run(loop, loop.connect_unix, os.path.join(short_dir, "missing.sock"))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import socketloop
-from conftest import run
+from conftest import run, wait_until_polling
 from socketloop import AsyncSocket, Event, Lock, Loop
 
 CHILD = str(Path(__file__).with_name("_toolkit_child.py"))
@@ -37,10 +37,10 @@ def usr1_restored() -> Iterator[None]:
     signal.signal(signal.SIGUSR1, before)
 
 
-def send_usr1_from_another_os_thread_when(ready: threading.Event) -> threading.Thread:
+def send_usr1_from_another_os_thread_when_polling(loop: Loop) -> threading.Thread:
     def target() -> None:
-        if ready.wait(WAIT):
-            os.kill(os.getpid(), signal.SIGUSR1)
+        wait_until_polling(loop, WAIT)
+        os.kill(os.getpid(), signal.SIGUSR1)
 
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
@@ -58,9 +58,7 @@ def test_on_signal_runs_the_handler_in_a_loop_thread_and_wakes_a_polling_loop(lo
         keeper.kill()
 
     loop.on_signal(signal.SIGUSR1, handler)
-    polling = threading.Event()
-    loop.call_soon(polling.set)
-    sender = send_usr1_from_another_os_thread_when(polling)
+    sender = send_usr1_from_another_os_thread_when_polling(loop)
     loop.start(WAIT)
     sender.join(WAIT)
     keeper.join(WAIT)  # on a loaded machine start(WAIT) may end before the kill is done
@@ -371,7 +369,7 @@ def test_using_a_closed_loop_raises_runtime_error(
 def test_resume_of_a_thread_of_a_closed_loop_raises(loop: Loop) -> None:
     thread = loop.newthread(loop.suspend)
     loop.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="this loop is closed"):
         loop.resume(thread)
 
 

@@ -8,9 +8,11 @@ standard library, ``urllib3``, ``requests``, ``redis``, ``pymemcache`` and
 ``SOCKETLOOP_REQUIRE_SERVERS=1`` (then it fails them).
 
 nginx's ``/delay`` location answers after ``_servers.DELAY`` seconds (it
-proxies to a small standard-library backend that sleeps), so that requests
-overlapping in time are measurable: 50 of them must finish far sooner than
-50 times the delay.
+proxies to a small standard-library backend that sleeps).  The overlap tests
+ask for ``/delay?gather=50``, which the backend holds until all 50 requests
+are in flight together, and then read the backend's peak count of requests
+in flight: it must equal the number started.  Their time bound is only a
+loose guard.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ from socketloop import AsyncSocket, AsyncTLSSocket, Loop, Server
 #: Concurrent requests in the overlap tests; each takes DELAY seconds at nginx.
 CONCURRENT = 50
 
-#: The overlap bound: generous, yet far below the serial time (CONCURRENT * DELAY).
+#: The path the overlap tests request: held by the backend until all are in flight.
+GATHER_PATH = f"/delay?gather={CONCURRENT}"
+
+#: A loose guard on the overlap tests' duration (the proof is the peak count).
 OVERLAP_BOUND = 10 * DELAY
 
 # ------------------------------------------------------------ server fixtures
@@ -122,6 +127,29 @@ def smtp(peers_dir: Path, certs: Certs) -> Iterator[tuple[int, Path]]:
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def peak_in_flight(nginx: Nginx) -> int:
+    """The most ``/delay`` requests the backend had in flight together since the last call.
+
+    A blocking request from the test's own OS thread (not a loop thread);
+    reading the peak also starts a new count.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.http_port, timeout=30)
+    try:
+        conn.request("GET", "/delay/peak")
+        response = conn.getresponse()
+        assert response.status == 200
+        return int(response.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def fresh_peak(nginx: Nginx) -> Nginx:
+    """``nginx``, with the backend's peak count of requests in flight started afresh."""
+    peak_in_flight(nginx)
+    return nginx
 
 
 @contextlib.contextmanager
@@ -221,12 +249,16 @@ def test_http_client_fetches_pages_from_nginx_over_https(
     assert kind == AsyncTLSSocket.__name__
 
 
-def test_http_client_requests_to_nginx_overlap_without_patching(loop: Loop, nginx: Nginx) -> None:
+def test_http_client_requests_to_nginx_overlap_without_patching(
+    loop: Loop, fresh_peak: Nginx
+) -> None:
+    nginx = fresh_peak
+
     def fetch() -> int:
         conn = http.client.HTTPConnection("127.0.0.1", nginx.http_port)
         conn.sock = loop.connect("127.0.0.1", nginx.http_port)
         try:
-            return get(conn, "/delay")[0]
+            return get(conn, GATHER_PATH)[0]
         finally:
             conn.close()
 
@@ -235,6 +267,7 @@ def test_http_client_requests_to_nginx_overlap_without_patching(loop: Loop, ngin
     statuses = [thread.join(60) for thread in threads]
     elapsed = time.monotonic() - started
     assert statuses == [200] * CONCURRENT
+    assert peak_in_flight(nginx) == CONCURRENT
     assert elapsed < OVERLAP_BOUND
 
 
@@ -320,9 +353,9 @@ def overlapping(lp: Loop, fetch: Callable[[], int]) -> tuple[list[int], float]:
 
 
 def test_urllib3_under_patching_overlaps_50_requests_to_nginx_over_http(
-    loop: Loop, nginx: Nginx
+    loop: Loop, fresh_peak: Nginx
 ) -> None:
-    url = f"http://127.0.0.1:{nginx.http_port}/delay"
+    url = f"http://127.0.0.1:{fresh_peak.http_port}{GATHER_PATH}"
     with quietly_patched():
         pool = urllib3.PoolManager(maxsize=CONCURRENT)
         try:
@@ -330,17 +363,19 @@ def test_urllib3_under_patching_overlaps_50_requests_to_nginx_over_http(
         finally:
             pool.clear()
     assert statuses == [200] * CONCURRENT
+    assert peak_in_flight(fresh_peak) == CONCURRENT
     assert elapsed < OVERLAP_BOUND
 
 
 def test_requests_under_patching_overlaps_50_requests_to_nginx_over_http(
-    loop: Loop, nginx: Nginx
+    loop: Loop, fresh_peak: Nginx
 ) -> None:
-    url = f"http://127.0.0.1:{nginx.http_port}/delay"
+    url = f"http://127.0.0.1:{fresh_peak.http_port}{GATHER_PATH}"
     with quietly_patched(), requests.Session() as session:
         session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=CONCURRENT))
         statuses, elapsed = overlapping(loop, lambda: session.get(url, timeout=30).status_code)
     assert statuses == [200] * CONCURRENT
+    assert peak_in_flight(fresh_peak) == CONCURRENT
     assert elapsed < OVERLAP_BOUND
 
 
@@ -382,14 +417,15 @@ PATCHED_CLIENT = textwrap.dedent(
 
 @pytest.mark.parametrize("library", ["urllib3", "requests"])
 def test_library_under_patching_overlaps_50_requests_to_nginx_over_https(
-    nginx: Nginx, certs: Certs, library: str
+    fresh_peak: Nginx, certs: Certs, library: str
 ) -> None:
-    url = f"https://localhost:{nginx.https_port}/delay"
+    url = f"https://localhost:{fresh_peak.https_port}{GATHER_PATH}"
     argv = [sys.executable, "-c", PATCHED_CLIENT, library, url, certs.ca_file, str(CONCURRENT)]
     result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1500:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["statuses"] == [200] * CONCURRENT
+    assert peak_in_flight(fresh_peak) == CONCURRENT
     assert outcome["elapsed"] < OVERLAP_BOUND
 
 
@@ -397,7 +433,10 @@ def test_library_under_patching_overlaps_50_requests_to_nginx_over_https(
 
 
 def blpop_scenario(lp: Loop, clients: list[Any], key: str) -> list[str]:
-    """Two threads block in BLPOP, a third pushes; return the ordered log."""
+    """Two threads block in BLPOP, a third pushes once redis reports both blocked.
+
+    Returns the ordered log.
+    """
     log: list[str] = []
 
     def popper(i: int) -> None:
@@ -406,6 +445,12 @@ def blpop_scenario(lp: Loop, clients: list[Any], key: str) -> list[str]:
         log.append(f"pop {i} got {value.decode()}")
 
     def pusher() -> None:
+        # The server's own count proves both poppers wait inside BLPOP (a log
+        # entry made before the call would not): poll it, at most 20 s.
+        deadline = time.monotonic() + 20
+        while clients[2].info("clients")["blocked_clients"] != 2:
+            assert time.monotonic() < deadline, "the poppers never both blocked in BLPOP"
+            lp.sleep(0.01)  # the server offers no notification of blocked clients
         log.append("push")
         clients[2].rpush(f"{key}:0", "a")
         clients[2].rpush(f"{key}:1", "b")
@@ -418,7 +463,8 @@ def blpop_scenario(lp: Loop, clients: list[Any], key: str) -> list[str]:
 
 
 def assert_blpop_log(log: list[str]) -> None:
-    # Both poppers were blocked in BLPOP when the pusher started, all on one OS thread.
+    # Both poppers were blocked in BLPOP (redis said so) when the pusher pushed,
+    # all on one OS thread.
     assert log[:3] == ["pop 0 blocks", "pop 1 blocks", "push"]
     assert sorted(log[3:]) == ["pop 0 got a", "pop 1 got b", "pushed"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import close_and_drain, run, step_until
-from socketloop import AsyncSocket, Loop, Server, Thread
+from socketloop import AsyncSocket, Event, Loop, Server, Thread
 
 # -------------------------------------------------------------------- helpers
 
@@ -226,6 +226,7 @@ def test_connection_is_closed_when_the_handler_returns(loop: Loop) -> None:
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_connection_is_closed_when_the_handler_raises(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,6 +292,7 @@ def test_data_and_end_of_stream_pending_at_accept_are_both_seen_by_the_handler(
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_handler_exception_is_logged_with_the_peer_address_and_traceback(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -309,6 +311,7 @@ def test_handler_exception_is_logged_with_the_peer_address_and_traceback(
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_handler_exception_does_not_stop_the_server(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -492,6 +495,7 @@ def test_max_connections_holds_back_the_next_client_until_a_handler_ends(loop: L
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_a_handler_that_raises_frees_its_connection_slot(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -593,6 +597,7 @@ def test_another_client_is_served_while_one_idles(loop: Loop) -> None:
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_timeout_error_without_idle_timeout_is_logged_as_a_handler_error(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -614,6 +619,7 @@ def test_timeout_error_without_idle_timeout_is_logged_as_a_handler_error(
 # -------------------------------------------------------- statistics and repr
 
 
+@pytest.mark.expect_errors
 def test_statistics_count_active_accepted_and_errors(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -722,7 +728,10 @@ def test_module_stop_from_a_handler_leaves_the_server_open(api: types.ModuleType
 def test_stop_lets_handlers_finish_within_the_grace_period(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
+    handling = Event()
+
     def slow(conn: AsyncSocket) -> None:
+        handling.set()
         loop.sleep(0.02)
         conn.sendall(b"done")
 
@@ -731,7 +740,7 @@ def test_stop_lets_handlers_finish_within_the_grace_period(
     def client_and_stop() -> bytes:
         sock = loop.connect("127.0.0.1", server.port)
         with sock:
-            loop.sleep(0)  # the handler starts and sleeps
+            assert handling.wait(5), "the handler never started"
             server.stop(grace=5)
             return read_all(sock)
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import close_and_drain, step_until
-from socketloop import AsyncSocket, Loop, Server
+from socketloop import AsyncSocket, Event, Loop, Server
 
 # -------------------------------------------------------------------- helpers
 
@@ -419,36 +419,71 @@ def test_http_1_0_handler_closes_the_connection_after_one_response(loop: Loop) -
     close_and_drain(loop, server)
 
 
-def slow_handler_class(sleep: Callable[[float], None]) -> type[QuietHandler]:
-    class SlowHandler(QuietHandler):
-        def do_GET(self) -> None:
-            sleep(0.2)
-            self.send_body(f"slow {self.path}".encode())
+#: Concurrent fetches in the overlap tests.
+OVERLAPPING = 10
 
-    return SlowHandler
+
+class InFlight:
+    """Counts the requests a handler is serving at once, and the peak of that count."""
+
+    def __init__(self, count: int) -> None:
+        self.now = 0
+        self.peak = 0
+        self.count = count
+        self.all_in = Event()  # set once ``count`` were in flight together
+
+
+def gathering_handler_class(counter: InFlight) -> type[QuietHandler]:
+    """A handler that holds each request until ``counter.count`` are in flight together.
+
+    It waits at most 5 s, then answers anyway, so a client that does not
+    overlap shows as a low peak rather than a hang.
+    """
+
+    class GatheringHandler(QuietHandler):
+        def do_GET(self) -> None:
+            counter.now += 1
+            counter.peak = max(counter.peak, counter.now)
+            try:
+                if counter.peak >= counter.count:
+                    counter.all_in.set()
+                counter.all_in.wait(5)
+                self.send_body(f"slow {self.path}".encode())
+            finally:
+                counter.now -= 1
+
+    return GatheringHandler
 
 
 def test_concurrent_http_fetches_overlap(loop: Loop) -> None:
-    server = loop.newserver("127.0.0.1", 0, serve_with(slow_handler_class(loop.sleep)))
+    counter = InFlight(OVERLAPPING)
+    handler = gathering_handler_class(counter)
+    server = loop.newserver("127.0.0.1", 0, serve_with(handler))
     started = time.monotonic()
-    threads = [loop.newthread(fetch, loop, server.port, "GET", f"/{i}") for i in range(10)]
+    paths = [f"/{i}" for i in range(OVERLAPPING)]
+    threads = [loop.newthread(fetch, loop, server.port, "GET", path) for path in paths]
     replies = [thread.join(10) for thread in threads]
     elapsed = time.monotonic() - started
-    assert [reply.body for reply in replies] == [f"slow /{i}".encode() for i in range(10)]
+    assert [reply.body for reply in replies] == [f"slow {path}".encode() for path in paths]
     assert all(reply.status == 200 for reply in replies)
-    assert elapsed < 1.2, f"10 fetches of 0.2 s took {elapsed:.2f} s: they did not overlap"
+    assert counter.peak == OVERLAPPING, f"only {counter.peak} requests were in flight at once"
+    assert elapsed < 4, f"{OVERLAPPING} overlapping fetches took {elapsed:.2f} s"
     close_and_drain(loop, server)
 
 
 def test_concurrent_http_fetches_overlap_on_the_default_loop(api: types.ModuleType) -> None:
     lp: Loop = api.get_loop()
-    server: Server = api.newserver("127.0.0.1", 0, serve_with(slow_handler_class(api.sleep)))
+    counter = InFlight(OVERLAPPING)
+    handler = gathering_handler_class(counter)
+    server: Server = api.newserver("127.0.0.1", 0, serve_with(handler))
     started = time.monotonic()
-    threads = [api.newthread(fetch, lp, server.port, "GET", f"/{i}") for i in range(10)]
+    paths = [f"/{i}" for i in range(OVERLAPPING)]
+    threads = [api.newthread(fetch, lp, server.port, "GET", path) for path in paths]
     bodies = [thread.join(10).body for thread in threads]
     elapsed = time.monotonic() - started
-    assert bodies == [f"slow /{i}".encode() for i in range(10)]
-    assert elapsed < 1.2, f"10 fetches of 0.2 s took {elapsed:.2f} s: they did not overlap"
+    assert bodies == [f"slow {path}".encode() for path in paths]
+    assert counter.peak == OVERLAPPING, f"only {counter.peak} requests were in flight at once"
+    assert elapsed < 4, f"{OVERLAPPING} overlapping fetches took {elapsed:.2f} s"
     close_and_drain(lp, server)
 
 

@@ -16,6 +16,7 @@ from socketloop import (
     BoundedSemaphore,
     Condition,
     CoroLoop,
+    DeadlockError,
     Event,
     LifoQueue,
     Lock,
@@ -1034,7 +1035,7 @@ def test_queue_task_done_and_join(loop: Loop) -> None:
     log: list[str] = []
 
     def worker() -> None:
-        while True:
+        for _ in range(3):
             item = q.get()
             loop.sleep(0.001)
             log.append(f"done {item}")
@@ -1046,11 +1047,10 @@ def test_queue_task_done_and_join(loop: Loop) -> None:
 
     for i in range(3):
         q.put(i)
-    consumer = loop.newthread(worker)
+    loop.newthread(worker)
     loop.newthread(joiner)
     loop.start(5)
     assert log == ["done 0", "done 1", "done 2", "joined"]
-    consumer.kill()
 
 
 def test_queue_join_from_outside_a_loop_thread_runs_the_loop(loop: Loop) -> None:
@@ -1147,7 +1147,7 @@ def test_event_waited_on_from_outside_with_nothing_to_set_it_raises(
     api: types.ModuleType,
 ) -> None:
     event = Event()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DeadlockError, match="outside any loop thread would block forever"):
         event.wait()
     assert "waiters=0" in repr(event)
 
@@ -1163,7 +1163,7 @@ def test_event_waited_on_from_outside_with_timeout_returns_false(api: types.Modu
 
 def test_queue_get_from_outside_with_nothing_to_feed_it_raises(api: types.ModuleType) -> None:
     q: Queue[int] = Queue()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DeadlockError, match="outside any loop thread would block forever"):
         q.get()
 
 

@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -17,7 +18,7 @@ import pytest
 
 import socketloop
 import socketloop._loop as loop_module
-from conftest import LOOP_KINDS, make_loop
+from conftest import LOOP_KINDS, make_loop, wait_until_polling
 from socketloop import CoroLoop, Loop, Thread
 
 # ------------------------------------------------------------------ newthread
@@ -192,6 +193,7 @@ def test_resume_of_a_thread_of_another_loop_raises(loop: Loop) -> None:
 # ----------------------------------------------------------------- exceptions
 
 
+@pytest.mark.expect_errors
 def test_exception_in_a_thread_does_not_reach_the_caller_of_newthread(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -208,6 +210,7 @@ def test_exception_in_a_thread_does_not_reach_the_caller_of_newthread(
     assert record.exc_info[0] is ValueError
 
 
+@pytest.mark.expect_errors
 def test_exception_in_a_thread_does_not_reach_the_caller_of_resume(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -223,6 +226,7 @@ def test_exception_in_a_thread_does_not_reach_the_caller_of_resume(
         thread.join()
 
 
+@pytest.mark.expect_errors
 def test_exception_in_a_thread_woken_by_the_loop_does_not_stop_the_loop(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -276,6 +280,7 @@ def test_join_returns_the_handler_result(loop: Loop) -> None:
     assert loop.newthread(handler).join() == "result"
 
 
+@pytest.mark.expect_errors
 def test_join_reraises_the_handler_exception(loop: Loop) -> None:
     def handler() -> None:
         loop.sleep(0)
@@ -385,7 +390,20 @@ def test_sleep_with_negative_time_behaves_like_sleep_zero(loop: Loop) -> None:
 
 
 def test_sleep_outside_loop_threads_blocks_like_time_sleep(loop: Loop) -> None:
-    loop.sleep(0.001)  # no thread involved, returns after the delay
+    ran: list[str] = []
+
+    def ready_thread() -> None:
+        loop.sleep(0)  # now in the ready queue: only a dispatch runs the rest
+        ran.append("loop thread")
+
+    loop.newthread(ready_thread)
+    started = time.monotonic()
+    loop.sleep(0.05)
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.05, f"returned after {elapsed:.3f} s"
+    assert ran == [], "sleep() outside loop threads ran the loop, as time.sleep would not"
+    loop.step(0)
+    assert ran == ["loop thread"]
 
 
 def test_sleep_inside_a_loop_callback_raises(loop: Loop) -> None:
@@ -458,13 +476,11 @@ def test_stop_from_a_loop_thread_makes_start_return(loop: Loop) -> None:
 
 def test_stop_from_another_os_thread_wakes_a_polling_loop(loop: Loop) -> None:
     sleeper = loop.newthread(loop.sleep, 30)
-    started = threading.Event()
 
     def stop_when_running() -> None:
-        started.wait()
+        wait_until_polling(loop)
         loop.stop()
 
-    loop.call_soon(started.set)
     helper = threading.Thread(target=stop_when_running)
     helper.start()
     loop.start()
@@ -1003,6 +1019,7 @@ def test_transfer_to_a_dead_thread_raises(coro_loop: CoroLoop) -> None:
         coro_loop.transfer(dead)
 
 
+@pytest.mark.expect_errors
 def test_error_in_a_transferred_to_thread_is_logged_and_control_returns_to_the_loop_thread(
     coro_loop: CoroLoop, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -99,6 +99,7 @@ def test_connect_with_a_tls_context_returns_an_async_tls_socket_that_echoes(
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_connect_with_tls_true_refuses_a_certificate_outside_the_default_trust_store(
     loop: Loop, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,6 +142,7 @@ def test_server_hostname_defaults_to_the_address_connected_to(loop: Loop, certs:
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_a_server_hostname_the_certificate_does_not_name_is_refused(
     loop: Loop, certs: Certs
 ) -> None:
@@ -156,6 +158,7 @@ def test_a_server_hostname_the_certificate_does_not_name_is_refused(
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_connect_unix_with_tls_but_no_server_hostname_raises_and_closes_the_socket(
     loop: Loop, certs: Certs
 ) -> None:
@@ -436,6 +439,7 @@ def test_starttls_detaches_the_plain_socket(loop: Loop, certs: Certs) -> None:
     assert secure_fd >= 0
 
 
+@pytest.mark.expect_errors
 def test_starttls_on_a_tls_socket_raises_value_error(loop: Loop, certs: Certs) -> None:
     server = tls_echo_server(loop, certs)
 
@@ -448,6 +452,7 @@ def test_starttls_on_a_tls_socket_raises_value_error(loop: Loop, certs: Certs) -
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_starttls_with_a_wrong_hostname_fails_and_closes_the_socket(
     loop: Loop, certs: Certs
 ) -> None:
@@ -508,6 +513,7 @@ def test_cooperative_context_wraps_an_async_socket_into_an_async_tls_socket(
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors
 def test_cooperative_context_wrap_socket_verifies_the_host_name(loop: Loop, certs: Certs) -> None:
     server = tls_echo_server(loop, certs)
     context = socketloop.ssl.create_default_context(cafile=certs.ca_file)

@@ -730,6 +730,7 @@ def test_a_thread_joining_a_suspended_thread_gets_deadlock_error_from_start(loop
     loop.resume(stuck)
 
 
+@pytest.mark.expect_errors
 def test_an_uncaught_deadlock_error_ends_the_thread_and_join_reraises_it(
     loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:

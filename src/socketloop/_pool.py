@@ -73,17 +73,37 @@ class ThreadPool:
         future = self._get_executor().submit(fn, *args, **kwargs)
         self.active += 1
         loop._external_waits += 1
+        # The wake-up is posted only while the caller still waits for it: a
+        # call that is already done when the callback is added, or a caller
+        # killed meanwhile, must leave nothing in the loop's queue.
+        lock = _originals.allocate_lock()
+        waiting = True
+        arrived = False
 
-        def done(_: concurrent.futures.Future[R]) -> None:  # runs in a worker
-            loop.call_soon_threadsafe(loop._external_done, current, future)
+        def arrive() -> None:  # runs in the loop's OS thread
+            nonlocal arrived
+            arrived = True
+            loop._external_done(current, future)
+
+        def done(_: concurrent.futures.Future[R]) -> None:
+            nonlocal arrived
+            with lock:
+                if not waiting:
+                    return
+                if getcurrent() is current:  # called at once by add_done_callback
+                    arrived = True
+                else:  # in a worker
+                    loop.call_soon_threadsafe(arrive)
 
         future.add_done_callback(done)
         try:
-            while not future.done():
+            while not arrived:
                 current._state = WAITING
                 current._waiting_on = future
                 loop._park(current)
         finally:
+            with lock:
+                waiting = False
             current._waiting_on = None
             loop._external_waits -= 1
             self.active -= 1

@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from greenlet import getcurrent, greenlet
 
+from ._errors import DeadlockError
 from ._loop import _TIMEOUT, Loop, is_dispatching, loops_of_this_os_thread
 from ._threads import WAITING, Thread
 
@@ -173,7 +174,9 @@ class _WaitQueue:
                     if remaining <= 0:
                         raise TimeoutError(f"timed out waiting for {primitive!r}")
                 if not self._run_loops(remaining):
-                    raise RuntimeError(
+                    # The same condition start() reports in loop threads:
+                    # nothing left could ever release this wait.
+                    raise DeadlockError(
                         f"waiting on {primitive!r} outside any loop thread would block "
                         "forever: no loop of this OS thread has anything left that could "
                         "release it"
