@@ -802,9 +802,11 @@ class AsyncSocket:
             for loop in self._loops():
                 loop._wake_reader(self, fd)
 
-    def dup(self) -> AsyncSocket:
-        """A new async socket on a duplicate fd, with the same timeout."""
-        return AsyncSocket(self.socket.dup(), self._loop, timeout=self._timeout)
+    def dup(self: S) -> S:
+        """A new async socket of the same class on a duplicate fd, with the same timeout."""
+        new = object.__new__(type(self))
+        AsyncSocket.__init__(new, self.socket.dup(), self._loop, timeout=self._timeout)
+        return new
 
     def _decref_socketios(self) -> None:
         if self._io_refs > 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket as _socket
 import ssl as _ssl
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _originals
 from ._asocket import _UNSET, AsyncSocket
@@ -199,7 +199,7 @@ class AsyncTLSSocket(AsyncSocket):
         asock._poller, self._poller = self._poller, None
         return asock
 
-    def dup(self) -> AsyncSocket:
+    def dup(self) -> NoReturn:
         raise NotImplementedError(f"Can't dup() {type(self).__name__} instances")
 
     # The rest of the SSLSocket API, delegated.

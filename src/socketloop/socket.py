@@ -127,7 +127,8 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
 
 def getfqdn(name: str = "") -> str:
     """``socket.getfqdn``, resolving off the loop in loop threads."""
-    return _off_loop(_originals.getfqdn, name)
+    fqdn: str = _off_loop(_originals.getfqdn, name)
+    return fqdn
 
 
 def create_connection(
