@@ -675,6 +675,47 @@ def test_patched_select_timeout_in_a_loop_thread_lets_others_run(loop: Loop) -> 
     assert log == ["waiter waits", "other 0", "other 1", "other 2", "waiter got ([], [], [])"]
 
 
+def test_patched_select_in_a_loop_thread_raises_type_error_for_an_object_without_fileno(
+    loop: Loop,
+) -> None:
+    with quietly_patched(), pytest.raises(TypeError):
+        run(loop, select.select, [object()], [], [], 1.0)
+
+
+def test_patched_select_in_a_loop_thread_refuses_a_negative_timeout(loop: Loop) -> None:
+    r, w = socket.socketpair()
+    with r, w, quietly_patched(), pytest.raises(ValueError, match="non-negative"):
+        run(loop, select.select, [r], [], [], -1)
+
+
+def test_patched_select_in_a_loop_thread_asks_each_fileno_once(loop: Loop) -> None:
+    r, w = socket.socketpair()
+    calls: list[int] = []
+
+    class Counted:
+        def fileno(self) -> int:
+            calls.append(1)
+            return w.fileno()
+
+    objects = [Counted(), Counted()]
+    with r, w, quietly_patched():
+        ready = run(loop, select.select, [], objects, [], 1.0)
+    assert ready == ([], objects, [])
+    assert len(calls) == 2
+
+
+def test_patched_select_in_a_loop_thread_returns_the_objects_passed_in(loop: Loop) -> None:
+    r, w = socket.socketpair()
+
+    def waiter() -> tuple[list[Any], list[Any], list[Any]]:
+        return select.select([r, r.fileno()], [], [], 5.0)
+
+    with r, w, quietly_patched():
+        waiting = loop.newthread(waiter)
+        run(loop, w.sendall, b"x")
+        assert waiting.join(10) == ([r, r.fileno()], [], [])
+
+
 def test_patched_time_sleep_in_loop_threads_is_loop_sleep(loop: Loop) -> None:
     log: list[str] = []
 

@@ -184,7 +184,7 @@ class _Recorder(unittest.TestResult):
         self._note(test, "pass")
 
     def addError(self, test: Any, err: Any) -> None:
-        hung = err[0] is not None and issubclass(err[0], HungTest)
+        hung = not isinstance(err, str) and err[0] is not None and issubclass(err[0], HungTest)
         self._note(test, "hung" if hung else "error", self._text(err))
 
     def addFailure(self, test: Any, err: Any) -> None:
