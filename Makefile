@@ -47,6 +47,25 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(PY) soak/soak.py --seconds $(SECONDS) $(SOAK_ARGS)
 
+# ------------------------------------------------------------ stdlib suites
+# `make stdlib-tests`: CPython's own network test suites (test_socket, test_ssl,
+# test_selectors, ...) without socketloop, under socketloop.patch() and under
+# patch(threading=True); fails on any failure not in tests/stdlib/known_failures.txt.
+# `make stdlib-tests GEVENT=1` adds gevent's monkey-patched figures (gevent goes
+# into its own virtualenv, never the project's).  STDLIB_ARGS goes to the
+# runner as is, e.g. STDLIB_ARGS="--modules test_socket --details".
+STDLIB_ARGS ?=
+GEVENT ?=
+GEVENT_VENV ?= .gevent-venv
+.PHONY: stdlib-tests
+stdlib-tests: $(STAMP)
+	@$(PY) -c "import test.support, test.test_socket" 2>/dev/null || { \
+		v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		echo "installing the standard library's test package (libpython$$v-testsuite)"; \
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpython$$v-testsuite; }
+	$(if $(GEVENT),[ -x $(GEVENT_VENV)/bin/python ] || { $(PYTHON) -m venv $(GEVENT_VENV) && $(GEVENT_VENV)/bin/python -m pip install --quiet gevent; })
+	$(PY) tests/stdlib/run.py $(if $(GEVENT),--gevent $(GEVENT_VENV)/bin/python) $(STDLIB_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
 

@@ -298,6 +298,61 @@ def test_socketpair_outside_loop_threads_blocks_with_timeouts() -> None:
             b.recv(1)
 
 
+#: The standard socket class itself, whatever is patched.
+PLAIN = socket.socket
+
+
+def test_patched_socketpair_wraps_each_end_once(loop: Loop) -> None:
+    with quietly_patched(ssl=False, select=False, time=False):
+        a, b = attr(socket, "socketpair")()
+    with a, b:
+        assert type(a) is dropin.socket
+        assert type(a.socket) is PLAIN
+        run(loop, b.sendall, b"once")
+        assert run(loop, a.recv, 10) == b"once"
+
+
+def test_patched_create_server_wraps_the_listener_once(loop: Loop) -> None:
+    with quietly_patched(ssl=False, select=False, time=False):
+        listener = attr(socket, "create_server")(("127.0.0.1", 0))
+    with listener:
+        assert type(listener) is dropin.socket
+        assert type(listener.socket) is PLAIN
+
+        def client() -> bytes:
+            with dropin.create_connection(listener.getsockname()) as conn:
+                return conn.recv(10)
+
+        reading = loop.newthread(client)
+        conn, _ = run(loop, listener.accept)
+        with conn:
+            run(loop, conn.sendall, b"hello")
+        assert reading.join(10) == b"hello"
+
+
+def test_patched_fromfd_wraps_the_duplicate_once() -> None:
+    x, y = socket.socketpair()
+    with x, y, quietly_patched(ssl=False, select=False, time=False):
+        dup = attr(socket, "fromfd")(x.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        with dup:
+            assert type(dup) is dropin.socket
+            assert type(dup.socket) is PLAIN
+
+
+def test_wrap_returns_a_socket_made_by_the_patched_class_as_it_is(loop: Loop) -> None:
+    with quietly_patched(ssl=False, select=False, time=False):
+        sock = attr(socket, "socket")()
+    with sock:
+        assert loop.wrap(sock) is sock
+
+
+def test_dup_of_a_drop_in_socket_keeps_its_class() -> None:
+    a, b = dropin.socketpair()
+    with a, b, a.dup() as copy:
+        assert type(copy) is dropin.socket
+        assert copy.fileno() != a.fileno()
+
+
 def test_fromfd_duplicates_the_fd_into_a_cooperative_socket(loop: Loop) -> None:
     x, y = socket.socketpair()
     log: list[Any] = []
@@ -619,6 +674,47 @@ def test_patched_select_timeout_in_a_loop_thread_lets_others_run(loop: Loop) -> 
         run(loop, other)
         waiting.join(10)
     assert log == ["waiter waits", "other 0", "other 1", "other 2", "waiter got ([], [], [])"]
+
+
+def test_patched_select_in_a_loop_thread_raises_type_error_for_an_object_without_fileno(
+    loop: Loop,
+) -> None:
+    with quietly_patched(), pytest.raises(TypeError):
+        run(loop, select.select, [object()], [], [], 1.0)
+
+
+def test_patched_select_in_a_loop_thread_refuses_a_negative_timeout(loop: Loop) -> None:
+    r, w = socket.socketpair()
+    with r, w, quietly_patched(), pytest.raises(ValueError, match="non-negative"):
+        run(loop, select.select, [r], [], [], -1)
+
+
+def test_patched_select_in_a_loop_thread_asks_each_fileno_once(loop: Loop) -> None:
+    r, w = socket.socketpair()
+    calls: list[int] = []
+
+    class Counted:
+        def fileno(self) -> int:
+            calls.append(1)
+            return w.fileno()
+
+    objects = [Counted(), Counted()]
+    with r, w, quietly_patched():
+        ready = run(loop, select.select, [], objects, [], 1.0)
+    assert ready == ([], objects, [])
+    assert len(calls) == 2
+
+
+def test_patched_select_in_a_loop_thread_returns_the_objects_passed_in(loop: Loop) -> None:
+    r, w = socket.socketpair()
+
+    def waiter() -> tuple[list[Any], list[Any], list[Any]]:
+        return select.select([r, r.fileno()], [], [], 5.0)
+
+    with r, w, quietly_patched():
+        waiting = loop.newthread(waiter)
+        run(loop, w.sendall, b"x")
+        assert waiting.join(10) == ([r, r.fileno()], [], [])
 
 
 def test_patched_time_sleep_in_loop_threads_is_loop_sleep(loop: Loop) -> None:

@@ -511,7 +511,7 @@ def test_pymemcache_with_the_drop_in_socket_module_sets_and_gets(
         )
         try:
             assert client.set(key, b"value", noreply=False)
-            return client.get(key), isinstance(client.sock, socketloop.socket.socket)
+            return client.get(key), type(client.sock) is socketloop.socket.socket
         finally:
             client.close()
 

@@ -830,3 +830,130 @@ def test_200_concurrent_tls_echo_connections_keep_their_data_intact(
     assert all(sent == received for sent, received in results)
     assert len({sent for sent, _ in results}) == clients  # every stream was distinct
     close_and_drain(loop, server)
+
+
+# ------------------------------------------- wrapped before connect, types
+
+
+def test_wrapped_before_connect_handshakes_in_connect(loop: Loop, certs: Certs) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> tuple[str | None, bytes]:
+        plain = loop.wrap(socket.socket())
+        with context.wrap_socket(plain, server_hostname="localhost") as sock:
+            sock.connect(("127.0.0.1", server.port))
+            version = sock.version()  # the handshake is done
+            sock.sendall(b"after connect")
+            return version, read_exactly(sock, 13)
+
+    version, echoed = run(loop, client)
+    assert version is not None
+    assert echoed == b"after connect"
+    close_and_drain(loop, server)
+
+
+def test_wrapped_before_connect_without_handshake_on_connect_waits_for_do_handshake(
+    loop: Loop, certs: Certs
+) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> tuple[str | None, str | None, bytes]:
+        plain = loop.wrap(socket.socket())
+        with context.wrap_socket(
+            plain, server_hostname="localhost", do_handshake_on_connect=False
+        ) as sock:
+            sock.connect(("127.0.0.1", server.port))
+            before = sock.version()
+            sock.do_handshake()
+            sock.sendall(b"x")
+            return before, sock.version(), read_exactly(sock, 1)
+
+    before, after, echoed = run(loop, client)
+    assert before is None
+    assert after is not None
+    assert echoed == b"x"
+    close_and_drain(loop, server)
+
+
+def test_wrapped_before_connect_refuses_a_second_connect(loop: Loop, certs: Certs) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> None:
+        with context.wrap_socket(loop.wrap(socket.socket()), server_hostname="localhost") as sock:
+            sock.connect(("127.0.0.1", server.port))
+            sock.connect(("127.0.0.1", server.port))
+
+    with pytest.raises(ValueError, match="already-connected"):
+        run(loop, client)
+    close_and_drain(loop, server)
+
+
+def test_wrapped_listening_socket_accepts_tls_connections(loop: Loop, certs: Certs) -> None:
+    context = socketloop.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certs.server.configure_cert(context)
+    listener = loop.wrap(socket.socket())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    secure_listener = context.wrap_socket(listener, server_side=True)
+    client_context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def serve() -> bytes:
+        conn, _ = secure_listener.accept()
+        with conn:
+            assert isinstance(conn, AsyncTLSSocket)
+            data = conn.recv(10)
+            conn.sendall(data)
+            return data
+
+    def client() -> bytes:
+        plain = loop.connect(*secure_listener.getsockname())
+        with client_context.wrap_socket(plain, server_hostname="localhost") as sock:
+            sock.sendall(b"hello")
+            return read_exactly(sock, 5)
+
+    with secure_listener:
+        serving = loop.newthread(serve)
+        assert run(loop, client) == b"hello"
+        assert serving.join(10) == b"hello"
+
+
+def test_a_stdlib_context_refuses_an_async_socket_naming_socketloop_ssl(
+    loop: Loop, certs: Certs
+) -> None:
+    context = ssl.create_default_context(cafile=certs.ca_file)
+    a, b = tcp_pair(loop)
+    untyped: Any = a
+    with a, b:
+        with pytest.raises(TypeError, match=r"socketloop\.ssl"):
+            context.wrap_socket(untyped, server_hostname="localhost")
+        assert a.fileno() >= 0  # refused before anything took the fd
+
+
+def test_a_tls_socket_passes_isinstance_checks_for_ssl_sslsocket(loop: Loop, certs: Certs) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> tuple[bool, bool, bool]:
+        with context.wrap_socket(
+            loop.connect("127.0.0.1", server.port), server_hostname="localhost"
+        ) as sock:
+            return (
+                isinstance(sock, ssl.SSLSocket),
+                isinstance(sock, socket.socket),
+                type(sock) is AsyncTLSSocket,
+            )
+
+    assert run(loop, client) == (True, True, True)
+    close_and_drain(loop, server)
+
+
+def test_a_plain_async_socket_is_a_socket_socket_but_not_an_sslsocket(loop: Loop) -> None:
+    a, b = tcp_pair(loop)
+    with a, b:
+        assert isinstance(a, socket.socket)
+        assert isinstance(a, socket.SocketType)
+        assert not isinstance(a, ssl.SSLSocket)
+        assert type(a) is AsyncSocket

@@ -34,6 +34,8 @@ import math
 import os
 import select
 import socket as _socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +69,12 @@ _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC from the type
 _NOSIGNAL: int = int(getattr(_socket, "MSG_NOSIGNAL", 0))  # a plain int: IntFlag "|" is slow
 # io.text_encoding picks the default text encoding the way open() does (3.10+).
 _text_encoding: Any = getattr(io, "text_encoding", lambda encoding: encoding)
+
+
+#: The code of ``ssl.SSLSocket._create``, which the standard wrap_socket runs.
+_SSLSOCKET_CREATE: Any = getattr(
+    getattr(getattr(ssl.SSLSocket, "_create", None), "__func__", None), "__code__", None
+)
 
 
 def format_address(address: Any) -> str:
@@ -112,6 +120,15 @@ class AsyncSocket:
 
     #: True for the TLS subclass, whose ``socket`` is an ``ssl.SSLSocket``.
     _tls = False
+
+    # Libraries check types (``isinstance(sock, socket.socket)``); an
+    # AsyncSocket has the whole socket.socket API, so it answers those checks
+    # as one.  isinstance() consults __class__ only when the real type does
+    # not match, so checks against AsyncSocket itself cost nothing more, and
+    # type(asock) stays the truth.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return _originals.socket_class
 
     def __init__(
         self,
@@ -682,9 +699,14 @@ class AsyncSocket:
         """
         self._connect(self._resolve(address), self._deadline())
 
-    def _connect(self, address: Any, deadline: float | None) -> None:
-        sock = self.socket
-        err = sock.connect_ex(address)
+    def _connect(
+        self, address: Any, deadline: float | None, connect_ex: Callable[[Any], int] | None = None
+    ) -> None:
+        # ``connect_ex``: how to ask the kernel (the TLS subclass connects the
+        # fd under an SSLSocket that has no TLS session yet).
+        if connect_ex is None:
+            connect_ex = self.socket.connect_ex
+        err = connect_ex(address)
         if err == 0:
             return
         if err not in _IN_PROGRESS:
@@ -700,7 +722,7 @@ class AsyncSocket:
             # Asking connect() again is how the kernel reports the outcome
             # (0/EISCONN: connected; EALREADY: still going; else the error),
             # and it stays correct after a spurious wake-up.
-            err = sock.connect_ex(address)
+            err = connect_ex(address)
             if err in _CONNECTED:
                 return
             if err in _IN_PROGRESS:
@@ -829,9 +851,11 @@ class AsyncSocket:
             for loop in self._loops():
                 loop._wake_reader(self, fd)
 
-    def dup(self) -> AsyncSocket:
-        """A new async socket on a duplicate fd, with the same timeout."""
-        return AsyncSocket(self.socket.dup(), self._loop, timeout=self._timeout)
+    def dup(self: S) -> S:
+        """A new async socket of the same class on a duplicate fd, with the same timeout."""
+        new = object.__new__(type(self))
+        AsyncSocket.__init__(new, self.socket.dup(), self._loop, timeout=self._timeout)
+        return new
 
     def _decref_socketios(self) -> None:
         if self._io_refs > 0:
@@ -900,6 +924,16 @@ class AsyncSocket:
         self.socket.setsockopt(*args)
 
     def getsockopt(self, *args: Any) -> Any:
+        if sys._getframe(1).f_code is _SSLSOCKET_CREATE:
+            # The standard ssl.SSLContext.wrap_socket asks this first; going
+            # on would give a *blocking* ssl.SSLSocket on our fd, whose
+            # handshake and reads would freeze every thread of the loop.
+            raise TypeError(
+                "an ssl.SSLContext of the standard library cannot wrap a socketloop socket "
+                "cooperatively: use a socketloop.ssl context (socketloop.ssl."
+                "create_default_context(), socketloop.ssl.SSLContext), asock.starttls(), or "
+                "socketloop.patch()"
+            )
         return self.socket.getsockopt(*args)
 
     def get_inheritable(self) -> bool:

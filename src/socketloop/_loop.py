@@ -1100,11 +1100,15 @@ class Loop:
         The original stays reachable as ``asock.socket`` (now non-blocking
         underneath; use the wrapper).  Any family and type works: TCP, UDP,
         Unix, IPv6.  The socket's timeout (``gettimeout()``) carries over.
+        A socket that is already an ``AsyncSocket`` (under ``patch()``,
+        ``socket.socket()`` makes those) is returned as it is.
         """
         from ._asocket import AsyncSocket
 
         if self._closed:
             raise RuntimeError("this loop is closed")
+        if isinstance(sock, AsyncSocket):
+            return sock
         return AsyncSocket(sock, self)
 
     @overload

@@ -30,7 +30,50 @@ _WRITE_MASK = _select.POLLOUT
 
 
 def _fileno(obj: Any) -> int:
-    return obj if isinstance(obj, int) else int(obj.fileno())
+    """The fd of ``obj`` with the standard library's checks and errors."""
+    if isinstance(obj, int):
+        fd = obj
+    else:
+        method = getattr(obj, "fileno", None)
+        if method is None:
+            raise TypeError("argument must be an int, or have a fileno() method.")
+        fd = method()
+        if not isinstance(fd, int):
+            raise TypeError("fileno() returned a non-integer")
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    return fd
+
+
+def _pairs(objects: Iterable[Any]) -> list[tuple[Any, int]]:
+    """``(object, fd)`` for each object, asking each ``fileno()`` once.
+
+    Like the C ``select``: a list or tuple is walked by index while its
+    length allows (a ``fileno()`` that shrinks its own list ends the walk).
+    """
+    sequence = objects if isinstance(objects, (list, tuple)) else list(objects)
+    pairs = []
+    index = 0
+    while index < len(sequence):
+        obj = sequence[index]
+        pairs.append((obj, _fileno(obj)))
+        index += 1
+    return pairs
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)):
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise TypeError("timeout must be a float or None") from None
+    if math.isnan(timeout):
+        raise ValueError("Invalid value NaN (not a number)")
+    if timeout < 0:
+        raise ValueError("timeout must be non-negative")
+    return float(timeout)
 
 
 def _calling_thread() -> Thread[Any] | None:
@@ -41,21 +84,32 @@ def _calling_thread() -> Thread[Any] | None:
 def select(
     rlist: Iterable[Any], wlist: Iterable[Any], xlist: Iterable[Any], timeout: float | None = None
 ) -> tuple[list[Any], list[Any], list[Any]]:
-    """``select.select``; in a loop thread, waiting suspends only that thread."""
-    rlist, wlist, xlist = list(rlist), list(wlist), list(xlist)
+    """``select.select``; in a loop thread, waiting suspends only that thread.
+
+    Arguments are checked, and each object's ``fileno()`` asked once, as the
+    standard function does; the readiness answer is the real ``select``'s.
+    """
     thread = _calling_thread()
     if thread is None or timeout == 0:
         return _original_select(rlist, wlist, xlist, timeout)
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be non-negative")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    reads = sorted({_fileno(o) for o in rlist} | {_fileno(o) for o in xlist})
-    writes = sorted({_fileno(o) for o in wlist})
+    reads, writes, errors = _pairs(rlist), _pairs(wlist), _pairs(xlist)
+    seconds = _check_timeout(timeout)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    read_fds = [fd for _, fd in reads]
+    write_fds = [fd for _, fd in writes]
+    error_fds = [fd for _, fd in errors]
+    wait_reads = sorted(set(read_fds) | set(error_fds))
+    wait_writes = sorted(set(write_fds))
     while True:
-        ready = _original_select(rlist, wlist, xlist, 0)
+        ready = _original_select(read_fds, write_fds, error_fds, 0)
         if any(ready):
-            return ready
-        if not thread._loop._wait_fds(thread, reads, writes, deadline, "select()"):
+            readable, writable, exceptional = (set(fds) for fds in ready)
+            return (
+                [obj for obj, fd in reads if fd in readable],
+                [obj for obj, fd in writes if fd in writable],
+                [obj for obj, fd in errors if fd in exceptional],
+            )
+        if not thread._loop._wait_fds(thread, wait_reads, wait_writes, deadline, "select()"):
             return [], [], []
 
 

@@ -14,9 +14,10 @@ EAGAIN) leads to a wait, so edge-triggered readiness is never missed.
 
 from __future__ import annotations
 
+import errno
 import socket as _socket
 import ssl as _ssl
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _originals
 from ._asocket import _UNSET, AsyncSocket
@@ -46,6 +47,12 @@ class AsyncTLSSocket(AsyncSocket):
 
     _tls = True
     socket: _ssl.SSLSocket
+
+    # isinstance(tls, ssl.SSLSocket) holds (and so socket.socket), as for
+    # AsyncSocket: ftplib, for one, tells TLS connections apart that way.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return _ssl.SSLSocket
 
     def _tls_call(self, op: Any, *args: Any) -> Any:
         """Run an SSL operation, waiting in the direction OpenSSL asks for."""
@@ -186,6 +193,69 @@ class AsyncTLSSocket(AsyncSocket):
     def sendmsg(self, *args: Any) -> int:
         raise NotImplementedError(f"sendmsg not allowed on instances of {type(self)}")
 
+    def connect(self, address: Any, /) -> None:
+        """Connect a TLS socket wrapped before it was connected, then handshake.
+
+        As with ``ssl.SSLSocket``: the handshake follows the connection when
+        the socket was wrapped with ``do_handshake_on_connect`` (the
+        default); both suspend only the calling thread, bounded by the
+        timeout.  ``ValueError`` when already connected or server-side.
+        """
+        ssl_sock: Any = self.socket  # (typeshed lacks the SSLSocket's plain attributes)
+        if ssl_sock.server_side:
+            raise ValueError("can't connect in server-side mode")
+        if _is_connected(ssl_sock):
+            raise ValueError("attempt to connect already-connected SSLSocket!")
+        # The SSLSocket made for an unconnected socket has no TLS session
+        # yet, and its own connect_ex cannot be repeated while a
+        # non-blocking connection is in progress: connect the fd as a plain
+        # socket, then wrap the connected fd anew (the stdlib's own order).
+        plain_connect_ex = _originals.socket_class.connect_ex.__get__(ssl_sock)
+        self._connect(self._resolve(address), self._deadline(), plain_connect_ex)
+        handshake = ssl_sock.do_handshake_on_connect
+        family, type_, proto = ssl_sock.family, ssl_sock.type, ssl_sock.proto
+        session = getattr(ssl_sock, "_session", None)
+        plain = _originals.socket_class(family, type_, proto, ssl_sock.detach())
+        plain.setblocking(False)  # (the SSLSocket takes its timeout from it)
+        tls: Any = _originals.SSLContext_wrap_socket(
+            ssl_sock.context,
+            plain,
+            server_side=False,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=ssl_sock.suppress_ragged_eofs,
+            server_hostname=ssl_sock.server_hostname,
+            session=session,
+        )
+        tls.do_handshake_on_connect = handshake
+        self.socket = tls
+        if handshake:
+            self.do_handshake()
+
+    def connect_ex(self, address: Any, /) -> int:
+        """Like ``connect`` but return an errno instead of raising ``OSError``."""
+        return super().connect_ex(address)
+
+    def accept(self) -> tuple[AsyncSocket, Any]:
+        """Accept a connection on a TLS listening socket; return ``(AsyncTLSSocket, address)``.
+
+        As ``ssl.SSLSocket.accept``: the new connection is wrapped with this
+        socket's context, server-side, and handshakes at once when this
+        socket was wrapped with ``do_handshake_on_connect``.  Suspends only
+        the calling thread (the accept and the handshake).
+        """
+        ssl_sock: Any = self.socket
+        fd, address = self._read_op(ssl_sock._accept)
+        plain = _originals.socket_class(ssl_sock.family, ssl_sock.type, ssl_sock.proto, fd)
+        conn = AsyncSocket(plain, self._loop, timeout=_socket.getdefaulttimeout())
+        tls = starttls(
+            conn,
+            ssl_sock.context,
+            server_side=True,
+            do_handshake=ssl_sock.do_handshake_on_connect,
+            suppress_ragged_eofs=ssl_sock.suppress_ragged_eofs,
+        )
+        return tls, address
+
     def unwrap(self) -> AsyncSocket:
         """Shut TLS down (close_notify both ways) and return the plain async socket."""
         ssl_sock = self.socket
@@ -199,7 +269,7 @@ class AsyncTLSSocket(AsyncSocket):
         asock._poller, self._poller = self._poller, None
         return asock
 
-    def dup(self) -> AsyncSocket:
+    def dup(self) -> NoReturn:
         raise NotImplementedError(f"Can't dup() {type(self).__name__} instances")
 
     # The rest of the SSLSocket API, delegated.
@@ -287,6 +357,9 @@ def starttls(
     for loop in asock._loops():
         if loop._readers.get(fd) is not None or loop._writers.get(fd) is not None:
             raise BusyResourceError(f"cannot start TLS while a thread waits on {asock!r}")
+    # As with ssl.SSLSocket, a socket not connected yet handshakes in
+    # connect() (or, listening, in accept()), not now.
+    connected = _is_connected(raw)
     # The base class method: a socketloop.ssl.SSLContext would route back here.
     ssl_sock = _originals.SSLContext_wrap_socket(
         context,
@@ -301,13 +374,27 @@ def starttls(
     tls = AsyncTLSSocket(ssl_sock, asock._loop, timeout=asock._timeout, stream=True)
     tls._poller, asock._poller = asock._poller, None
     asock._closed = True
-    if do_handshake:
+    # Remembered for connect() and accept(); the SSLSocket itself never
+    # handshakes on its own (it was made with do_handshake_on_connect=False).
+    ssl_sock.do_handshake_on_connect = do_handshake  # type: ignore[attr-defined]
+    if do_handshake and connected:
         try:
             tls.do_handshake()
         except BaseException:
             tls.close()
             raise
     return tls
+
+
+def _is_connected(sock: _socket.socket) -> bool:
+    """Whether ``sock`` has a peer (the test ``ssl.SSLSocket`` makes)."""
+    try:
+        _originals.socket_class.getpeername(sock)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        return False
+    return True
 
 
 def wrap_new(

@@ -44,7 +44,26 @@ R = TypeVar("R")
 _GLOBAL_DEFAULT_TIMEOUT: Any = getattr(_stdlib_socket, "_GLOBAL_DEFAULT_TIMEOUT", object())
 
 
-class socket(AsyncSocket):
+class _SocketClass(type):
+    """Makes ``isinstance(x, socket)`` hold for every socket, cooperative or not.
+
+    Under ``patch()`` this class *is* ``socket.socket``: a library's check
+    ``isinstance(sock, socket.socket)`` must keep accepting the standard
+    sockets (and ``ssl.SSLSocket``) made before patching or by the standard
+    library itself, and also accept sockets from ``loop.wrap`` and
+    ``loop.connect``.
+    """
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, (AsyncSocket, _originals.socket_class))
+
+    def __subclasscheck__(cls, subclass: Any) -> bool:
+        return isinstance(subclass, type) and issubclass(
+            subclass, (AsyncSocket, _originals.socket_class)
+        )
+
+
+class socket(AsyncSocket, metaclass=_SocketClass):
     """``socket.socket(family, type, proto, fileno)``, cooperative in loop threads."""
 
     __slots__ = ()
@@ -127,7 +146,8 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
 
 def getfqdn(name: str = "") -> str:
     """``socket.getfqdn``, resolving off the loop in loop threads."""
-    return _off_loop(_originals.getfqdn, name)
+    fqdn: str = _off_loop(_originals.getfqdn, name)
+    return fqdn
 
 
 def create_connection(
