@@ -549,8 +549,26 @@ def postgres_server() -> Iterator[Database]:
             yield Database("127.0.0.1", port, socket_path, "postgres", "postgres", process)
         finally:
             process.stop()
+            _remove_postgres_shared_memory(data)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_postgres_shared_memory(data: Path) -> None:
+    """Remove the System V segment of a postmaster that was killed (SIGKILL).
+
+    A clean shutdown removes it and the pid file; a killed postmaster leaves
+    both, and the segment would outlive the test run.  Its id is the second
+    number on the pid file's seventh line.
+    """
+    pid_file = data / "postmaster.pid"
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    fields = lines[6].split() if len(lines) > 6 else []
+    if len(fields) != 2:
+        return
+    ipcrm = shutil.which("ipcrm")
+    if ipcrm is not None:
+        subprocess.run([ipcrm, "-m", fields[1]], capture_output=True, check=False)
 
 
 @contextmanager

@@ -24,6 +24,8 @@ What each driver must show:
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -371,3 +373,75 @@ def test_session_killed_mid_query_raises_the_drivers_error(
             assert time.monotonic() - started < 5
 
     run(loop, kill_mid_query, timeout=30)
+
+
+#: Starts a fresh server of each kind, for the tests that kill one.
+FRESH_SERVERS: dict[str, Callable[[], contextlib.AbstractContextManager[Database]]] = {
+    "postgres": postgres_server,
+    "mariadb": mariadb_server,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_server_process_killed_mid_query_raises_the_drivers_error(driver: Driver) -> None:
+    # SIGKILL, so the server says nothing: the driver only sees the
+    # connection end.  One loop kind: each case needs a server of its own.
+    lp = Loop()
+    try:
+        with FRESH_SERVERS[driver.server]() as fresh:
+
+            def kill_mid_query() -> BaseException:
+                with connections(lp, driver, fresh, 2) as (victim, observer):
+
+                    def long_query() -> BaseException:
+                        with pytest.raises(driver.lost_error) as caught:
+                            scalar(victim, driver.dialect.sleep(30))
+                        return caught.value
+
+                    query = lp.newthread(long_query)
+                    wait_for_in_flight(lp, observer, driver.dialect, 1)
+                    os.kill(fresh.pid, signal.SIGKILL)
+                    error: BaseException = query.join(10)
+                    return error
+
+            error = run(lp, kill_mid_query, timeout=30)
+            print(f"{driver.name}: {type(error).__name__}: {error}")
+    finally:
+        lp.close()
+
+
+# ----------------------------------------------- the hooks outside loop threads
+
+
+def test_psycopg_extras_leave_queries_outside_loop_threads_blocking(postgres: Database) -> None:
+    with psycopg_enabled():
+        assert psycopg.waiting.wait is socketloop.extras.psycopg.wait
+        conn = psycopg.connect(
+            host=postgres.host, port=postgres.port, user=postgres.user, dbname=postgres.database
+        )
+        try:
+            assert scalar(conn, "SELECT 6 * 7") == 42
+        finally:
+            conn.close()
+
+
+def test_psycopg_extras_disable_restores_psycopgs_own_wait() -> None:
+    original = psycopg.waiting.wait
+    socketloop.extras.psycopg.enable()
+    socketloop.extras.psycopg.enable()  # idempotent: the original is kept, not the replacement
+    socketloop.extras.psycopg.disable()
+    assert psycopg.waiting.wait is original
+
+
+def test_psycopg2_wait_callback_blocks_plainly_outside_loop_threads(postgres: Database) -> None:
+    with psycopg2_enabled():
+        assert psycopg2.extensions.get_wait_callback() is socketloop.extras.psycopg2.wait
+        conn = psycopg2.connect(
+            host=postgres.host, port=postgres.port, user=postgres.user, dbname=postgres.database
+        )
+        try:
+            assert scalar(conn, "SELECT 6 * 7") == 42
+        finally:
+            conn.close()
+    assert psycopg2.extensions.get_wait_callback() is None
