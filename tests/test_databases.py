@@ -445,3 +445,25 @@ def test_psycopg2_wait_callback_blocks_plainly_outside_loop_threads(postgres: Da
         finally:
             conn.close()
     assert psycopg2.extensions.get_wait_callback() is None
+
+
+def test_psycopg_query_ends_with_an_error_when_another_thread_closes_its_connection(
+    loop: Loop, postgres: Database
+) -> None:
+    def close_mid_query() -> BaseException:
+        with connections(loop, DRIVERS[0], postgres, 2) as (conn, observer):
+
+            def long_query() -> BaseException:
+                with pytest.raises(psycopg.OperationalError) as caught:
+                    scalar(conn, POSTGRES.sleep(30))
+                return caught.value
+
+            query = loop.newthread(long_query)
+            wait_for_in_flight(loop, observer, POSTGRES, 1)
+            conn.close()
+            error: BaseException = query.join(5)
+            return error
+
+    with psycopg_enabled():
+        error = run(loop, close_mid_query, timeout=30)
+    print(f"{type(error).__name__}: {error}")

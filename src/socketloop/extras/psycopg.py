@@ -24,6 +24,7 @@ exception goes on: ``conn.closed`` becomes true and the next call raises
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from time import monotonic
@@ -33,35 +34,49 @@ import psycopg.errors
 from greenlet import getcurrent
 from psycopg import waiting
 
-from .. import _select
+from .. import _originals, _select
 from .._threads import Thread
 
 __all__ = ["disable", "enable", "wait", "wait_conn"]
 
 #: psycopg's own functions, restored by ``disable()``.
-_originals: dict[str, Callable[..., Any]] = {}
+_saved: dict[str, Callable[..., Any]] = {}
 
 
 def _in_loop_thread() -> bool:
     return isinstance(getcurrent(), Thread)
 
 
-def _ready(fileno: int, wanted: int, deadline: float | None) -> int:
+def _ready(fileno: int, wanted: int, interval: float, deadline: float | None) -> int:
     """Suspend until ``fileno`` is ready as ``wanted`` (a ``Wait``); the ``Ready`` bits.
 
-    0 (``READY_NONE``) when the deadline passed first.
+    Waits at most ``interval`` seconds (when positive) and never past
+    ``deadline``; 0 (``READY_NONE``) when neither came first.  Then the fd
+    is checked to be still open, as psycopg's own functions do: a connection
+    closed by another thread meanwhile raises ``psycopg.OperationalError``
+    instead of waiting forever on a descriptor the poller has forgotten.
     """
     reads = [fileno] if wanted & waiting.WAIT_R else []
     writes = [fileno] if wanted & waiting.WAIT_W else []
-    timeout = None if deadline is None else max(0.0, deadline - monotonic())
-    readable, writable, _ = _select.select(reads, writes, [], timeout)
+    timeout = interval if interval > 0 else None
+    if deadline is not None:
+        remaining = max(0.0, deadline - monotonic())
+        timeout = remaining if timeout is None else min(timeout, remaining)
+    try:
+        readable, writable, _ = _select.select(reads, writes, [], timeout)
+        if not (readable or writable):
+            os.fstat(fileno)
+            return waiting.READY_NONE
+    except OSError as exc:  # EBADF: the poller or fstat found the fd closed
+        raise psycopg.OperationalError("connection socket closed") from exc
     return (waiting.READY_R if readable else 0) | (waiting.READY_W if writable else 0)
 
 
 def _shut_down(fileno: int) -> None:
     """Shut the socket behind ``fileno`` down without closing the fd (libpq owns it)."""
     try:
-        sock = socket.socket(fileno=fileno)
+        # The real class: under patch() socket.socket would wrap it for the loop.
+        sock = _originals.socket_class(fileno=fileno)
     except OSError:
         return  # already closed: nothing left to break
     try:
@@ -75,22 +90,26 @@ def _shut_down(fileno: int) -> None:
 def wait(gen: Any, fileno: int, interval: float = 0.0, timeout: float | None = None) -> Any:
     """``psycopg.waiting.wait``: run ``gen`` to completion, waiting on ``fileno``.
 
-    In a loop thread, waiting suspends only that thread (``interval`` is not
-    needed there: nothing has to be polled for); elsewhere psycopg's own
-    function runs.  Returns the generator's result; raises
-    ``psycopg.errors._WaitTimeout`` after ``timeout`` seconds, as psycopg's
-    does, and whatever the generator raises.
+    In a loop thread, waiting suspends only that thread, waking every
+    ``interval`` seconds to check that the connection was not closed under
+    it; elsewhere psycopg's own function runs.  Returns the generator's
+    result; raises ``psycopg.errors._WaitTimeout`` after ``timeout`` seconds
+    (the private error psycopg's own functions raise and its callers
+    expect), ``psycopg.OperationalError`` when the socket was closed, and
+    whatever the generator raises.  Not thread-safe per connection, like
+    psycopg's: one thread waits on a connection at a time.
     """
     if not _in_loop_thread():
-        return _originals["wait"](gen, fileno, interval, timeout)
+        return _saved["wait"](gen, fileno, interval, timeout)
     deadline = None if timeout is None else monotonic() + timeout
     try:
         wanted = next(gen)
         while True:
             try:
-                ready = _ready(fileno, wanted, deadline)
-            except BaseException:
-                _shut_down(fileno)
+                ready = _ready(fileno, wanted, interval, deadline)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # interrupted: see the charter
+                    _shut_down(fileno)
                 raise
             wanted = gen.send(ready)
             if deadline is not None and monotonic() >= deadline:
@@ -105,15 +124,16 @@ def wait_conn(gen: Any, interval: float = 0.0, timeout: float | None = None) -> 
     Used while connecting, when the socket may change between attempts.
     """
     if not _in_loop_thread():
-        return _originals["wait_conn"](gen, interval, timeout)
+        return _saved["wait_conn"](gen, interval, timeout)
     deadline = None if timeout is None else monotonic() + timeout
     try:
         fileno, wanted = next(gen)
         while True:
             try:
-                ready = _ready(fileno, wanted, deadline)
-            except BaseException:
-                _shut_down(fileno)
+                ready = _ready(fileno, wanted, interval, deadline)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # interrupted: see the charter
+                    _shut_down(fileno)
                 raise
             fileno, wanted = gen.send(ready)
             if deadline is not None and monotonic() >= deadline:
@@ -132,12 +152,12 @@ def enable() -> None:
     for name, replacement in (("wait", wait), ("wait_conn", wait_conn)):
         current = getattr(waiting, name)
         if current is not replacement:
-            _originals.setdefault(name, current)
+            _saved.setdefault(name, current)
             setattr(waiting, name, replacement)
 
 
 def disable() -> None:
     """Put psycopg's own wait functions back."""
-    for name, original in _originals.items():
+    for name, original in _saved.items():
         setattr(waiting, name, original)
-    _originals.clear()
+    _saved.clear()
