@@ -1,9 +1,12 @@
 """Real peers for the interoperability tests: certificates, ports, server processes.
 
 Everything here runs on loopback only.  The servers are the Debian packages
-``nginx``, ``redis-server`` and ``memcached`` and the PyPI package
-``aiosmtpd``, each started as a child process with its own temporary
-directory and an ephemeral port, and stopped by the fixture that started it.
+``nginx``, ``redis-server``, ``memcached``, ``postgresql`` and
+``mariadb-server`` and the PyPI package ``aiosmtpd``, each started as a child
+process with its own temporary directory and an ephemeral port, and stopped by
+the fixture that started it.  The database servers get a throwaway data
+directory (``initdb`` / ``mariadb-install-db``) and run as an unprivileged
+account when the tests run as root (PostgreSQL refuses root).
 
 A missing server binary skips the tests that need it, with the package name
 in the reason, unless ``SOCKETLOOP_REQUIRE_SERVERS=1`` is set (as CI does):
@@ -13,11 +16,14 @@ then it fails them.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -169,12 +175,19 @@ class ServerProcess:
     host: str = "127.0.0.1"
     extra: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    #: Run as this account (by name) instead of the test's own (needs root).
+    user: str | None = None
+    #: A line the server logs once it accepts sessions (listening may come earlier).
+    ready_line: str | None = None
+    #: The signal ``stop()`` sends first (PostgreSQL's fast shutdown is SIGINT).
+    stop_signal: int = signal.SIGTERM
 
     @property
     def log(self) -> Path:
         return self.directory / f"{self.name}.log"
 
     def start(self) -> ServerProcess:
+        uid, gid, groups = _account(self.user)
         # Output goes to a file, not a pipe: the test process keeps no fd for it.
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
@@ -184,11 +197,16 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 close_fds=True,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         try:
             wait_until_listening(self.host, self.port, self.process, self.log)
             for port in self.extra.values():
                 wait_until_listening(self.host, port, self.process, self.log)
+            if self.ready_line is not None:
+                wait_for_log_line(self.log, self.ready_line, self.process)
         except BaseException:
             self.stop()
             raise
@@ -200,12 +218,37 @@ class ServerProcess:
             return
         self.process = None
         if process.poll() is None:
-            process.terminate()
+            process.send_signal(self.stop_signal)
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _account(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """``subprocess``'s ``user``, ``group``, ``extra_groups`` for running as ``user``."""
+    if user is None:
+        return None, None, None
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid, []
+
+
+def wait_for_log_line(log: Path, line: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Read ``log`` until it contains ``line`` (at most ``READY_TIMEOUT``)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if line in text:
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode} before logging "
+                f"{line!r}:\n{text[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{log} has no {line!r} after {READY_TIMEOUT} s:\n{text[-2000:]}")
+        time.sleep(0.05)  # polling a log file for readiness
 
 
 def _private_dir(parent: Path, name: str) -> Path:
@@ -429,3 +472,203 @@ def start_smtp(parent: Path, certs: Certs) -> tuple[ServerProcess, Path]:
         str(maildir),
     ]
     return ServerProcess("smtp", argv, port, directory).start(), maildir
+
+
+# ---------------------------------------------------------------- databases
+
+#: The account the database servers run as when the tests run as root.
+UNPRIVILEGED_USER = "nobody"
+
+#: Where Debian puts the PostgreSQL server programs (not on PATH).
+POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+@dataclass
+class Database:
+    """A running database server: where to reach it and as whom."""
+
+    host: str
+    port: int
+    unix_socket: str
+    user: str
+    database: str
+    process: ServerProcess
+
+    @property
+    def pid(self) -> int:
+        """The server's main process (the postmaster, or mariadbd)."""
+        assert self.process.process is not None
+        return self.process.process.pid
+
+
+def _server_account() -> str | None:
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
+def _throwaway_dir(prefix: str, owner: str | None) -> Path:
+    """A new directory under the system temporary directory, owned by ``owner``.
+
+    Not under pytest's own temporary tree: that is private to the test's
+    user (mode 0700), so an unprivileged server could not reach it.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        os.chown(directory, entry.pw_uid, entry.pw_gid)
+    return directory
+
+
+def _run_setup(argv: list[str], directory: Path, name: str, user: str | None) -> None:
+    """Run a one-off set-up program (initdb, ...); on failure show its output."""
+    uid, gid, groups = _account(user)
+    log = directory / f"{name}.log"
+    with open(log, "wb") as out:
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+            timeout=120,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{argv[0]} failed ({result.returncode}):\n{log.read_text(errors='replace')[-2000:]}"
+        )
+
+
+@contextmanager
+def postgres_server() -> Iterator[Database]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a Unix socket, trusting local users.
+
+    ``max_connections`` leaves room for the concurrency tests (20 sessions
+    and an observer) with every driver's connections of a module open.
+    """
+    dirs = [str(d) for d in POSTGRES_BIN_DIRS]
+    initdb = require_binary("initdb", "postgresql", *(f"{d}/initdb" for d in dirs))
+    postgres = require_binary("postgres", "postgresql", *(f"{d}/postgres" for d in dirs))
+    user = _server_account()
+    directory = _throwaway_dir("socketloop-pg-", user)
+    try:
+        data = directory / "data"
+        _run_setup(
+            [
+                initdb,
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            directory,
+            "initdb",
+            user,
+        )
+        port = free_port()
+        argv = [postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k"]
+        argv += [str(directory)]
+        for setting in (
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=100",
+            "shared_buffers=16MB",
+        ):
+            argv += ["-c", setting]
+        process = ServerProcess(
+            "postgres",
+            argv,
+            port,
+            directory,
+            user=user,
+            ready_line="database system is ready to accept connections",
+            stop_signal=signal.SIGINT,  # fast shutdown: do not wait for clients
+        ).start()
+        try:
+            socket_path = str(directory / f".s.PGSQL.{port}")
+            yield Database("127.0.0.1", port, socket_path, "postgres", "postgres", process)
+        finally:
+            process.stop()
+            _remove_postgres_shared_memory(data)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_postgres_shared_memory(data: Path) -> None:
+    """Remove the System V segment of a postmaster that was killed (SIGKILL).
+
+    A clean shutdown removes it and the pid file; a killed postmaster leaves
+    both, and the segment would outlive the test run.  Its id is the second
+    number on the pid file's seventh line.
+    """
+    pid_file = data / "postmaster.pid"
+    lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+    fields = lines[6].split() if len(lines) > 6 else []
+    if len(fields) != 2:
+        return
+    ipcrm = shutil.which("ipcrm")
+    if ipcrm is not None:
+        subprocess.run([ipcrm, "-m", fields[1]], capture_output=True, check=False)
+
+
+@contextmanager
+def mariadb_server() -> Iterator[Database]:
+    """A throwaway MariaDB server on 127.0.0.1 and a Unix socket; ``root`` without password."""
+    install = require_binary("mariadb-install-db", "mariadb-server", "/usr/bin/mysql_install_db")
+    mariadbd = require_binary(
+        "mariadbd", "mariadb-server", "/usr/sbin/mariadbd", "/usr/sbin/mysqld"
+    )
+    user = _server_account()
+    directory = _throwaway_dir("socketloop-mariadb-", user)
+    # Started as root, mariadbd drops to --user by itself (and refuses root without it).
+    account = [f"--user={user}"] if user is not None else []
+    try:
+        data = directory / "data"
+        speed = ["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]
+        _run_setup(
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                *account,
+                *speed,
+            ],
+            directory,
+            "install-db",
+            None,
+        )
+        port = free_port()
+        socket_path = str(directory / "mysqld.sock")
+        argv = [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={socket_path}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            f"--pid-file={directory / 'mariadbd.pid'}",
+            "--max-connections=200",
+            *account,
+            *speed,
+        ]
+        process = ServerProcess(
+            "mariadb", argv, port, directory, ready_line="ready for connections"
+        ).start()
+        try:
+            yield Database("127.0.0.1", port, socket_path, "root", "mysql", process)
+        finally:
+            process.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

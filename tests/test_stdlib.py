@@ -254,6 +254,31 @@ def test_makefile_read_timeout_raises_and_poisons_the_file_like_cpython(
     assert loop.newthread(reader).join(5) == ["timeout", "cannot read from timed out object"]
 
 
+def test_makefile_read_cut_by_a_timeout_scope_poisons_the_file(
+    loop: Loop, pair: tuple[AsyncSocket, AsyncSocket]
+) -> None:
+    # A reply that arrives after the scope cut the read must never be taken
+    # for the answer to the next request (database drivers read this way).
+    a, b = pair
+
+    def reader() -> list[str]:
+        seen: list[str] = []
+        with b.makefile("rb") as f:
+            try:
+                with loop.timeout(0.01):
+                    f.read(5)
+            except TimeoutError:
+                seen.append("timeout")
+            a.sendall(b"stale")
+            try:
+                f.read(5)
+            except OSError as exc:
+                seen.append(str(exc))
+        return seen
+
+    assert loop.newthread(reader).join(5) == ["timeout", "cannot read from timed out object"]
+
+
 # ------------------------------------------------------ http.client / server
 
 

@@ -83,6 +83,15 @@ class SocketIO(io.RawIOBase):
             raise
         except BlockingIOError:
             return None
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Interrupted while waiting (a timeout() scope expiring,
+                # Thread.kill): the same state as a timeout, the reader
+                # stopped somewhere in the peer's message.  A protocol
+                # client that reads on would take the rest of that old
+                # answer for the reply to its next request.
+                self._timed_out = True
+            raise
 
     def write(self, data: Any) -> int | None:
         self._checkClosed()
