@@ -361,6 +361,7 @@ class _WorkerProcess:
         self.notify_fd = notify_fd
         self.limit = limit
         self.pid = os.getpid()
+        self.parent = os.getppid()
         self.beats = 0
         self.state = STARTING
         self.count = 0
@@ -412,6 +413,9 @@ class _WorkerProcess:
 
         def beat() -> None:
             self.publish()
+            if os.getppid() != self.parent and self.state == SERVING:
+                # The supervisor was killed: nobody would ever stop us.
+                loop.spawn(self.drain, "supervisor gone")
             loop.call_later(interval, beat)
 
         loop.call_later(interval, beat)
@@ -768,7 +772,12 @@ class _Supervisor:
             slot = worker.slot
             if slot.retire is worker:
                 slot.retire = None
-            if slot.current is not worker:
+            unexpected = slot.current is worker and not self.stopping and slot in self.slots
+            if slot.current is worker:
+                slot.current = None
+            if unexpected:
+                self.replace(worker, status, outcome, now)
+            else:
                 logger.info(
                     "supervisor %d: worker %d (slot %d) ended (%s, %s, %d connections)",
                     self.pid,
@@ -778,11 +787,6 @@ class _Supervisor:
                     outcome,
                     worker.accepted,
                 )
-                continue
-            slot.current = None
-            if self.stopping or slot not in self.slots:
-                continue
-            self.replace(worker, status, outcome, now)
 
     def read_final(self, worker: _Worker) -> None:
         _pid, _beats, _state, accepted, errors = _RECORD.unpack_from(
