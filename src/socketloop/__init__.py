@@ -50,6 +50,7 @@ from ._threads import Thread
 from ._timeouts import Timeout
 from ._timers import TimerHandle
 from ._tls import AsyncTLSSocket
+from ._workers import WorkerFunctions
 
 __version__ = "0.1.0"
 
@@ -106,6 +107,9 @@ timeout = _functions.timeout
 watchdog = _functions.watchdog
 wrap = _functions.wrap
 
+_worker_functions: WorkerFunctions[Loop] = WorkerFunctions(get_loop)
+run_server = _worker_functions.run_server
+
 __all__ = [
     "AsyncSocket",
     "AsyncTLSSocket",
@@ -150,6 +154,7 @@ __all__ = [
     "resume",
     "resume_threadsafe",
     "run_in_thread",
+    "run_server",
     "serve",
     "set_resolver",
     "sleep",

@@ -72,6 +72,24 @@ class EpollPoller:
         except FileExistsError:
             pass  # a second wrapper of the same socket; the registration is shared
 
+    def register_exclusive(self, fd: int) -> None:
+        """Watch a listening socket shared with other processes, with ``EPOLLEXCLUSIVE``.
+
+        A new connection then wakes one of the epoll instances blocked on it
+        (and every instance that is not blocked just queues the event) instead
+        of all: no thundering herd when N worker processes accept from one
+        socket.  The flag allows only ``EPOLLIN``/``EPOLLET`` next to it, and
+        cannot be added to an existing registration, so an existing one is
+        replaced.  Edge-triggered like every other registration, so the loop's
+        try-first discipline holds.
+        """
+        events = select.EPOLLIN | select.EPOLLET | select.EPOLLEXCLUSIVE
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:
+            self._epoll.unregister(fd)
+            self._epoll.register(fd, events)
+
     def register_wakeup(self, fd: int) -> None:
         """Watch the loop's own wake-up fd (readable only: it is always writable)."""
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)

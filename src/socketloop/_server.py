@@ -24,7 +24,7 @@ from ._loop import Loop
 from ._sync import Event
 from ._threads import WAITING, Thread
 
-__all__ = ["Server"]
+__all__ = ["Server", "bind_socket"]
 
 logger = logging.getLogger("socketloop")
 
@@ -80,6 +80,50 @@ STOP_UNWIND_TIMEOUT = 1.0
 FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 
 
+def bind_socket(
+    host: str | None,
+    port: int,
+    *,
+    family: int = 0,
+    reuse_port: bool = False,
+    reuse_address: bool = True,
+    backlog: int | None = DEFAULT_BACKLOG,
+    getaddrinfo: Callable[..., list[tuple[Any, ...]]] = _originals.getaddrinfo,
+) -> _socket.socket:
+    """A plain TCP socket bound to ``host``:``port``, listening unless ``backlog`` is None.
+
+    ``host`` None or ``""`` binds every interface, IPv6 first and dual-stack.
+    ``SO_REUSEADDR`` is set unless ``reuse_address`` is false.  ``getaddrinfo``
+    resolves the host (the loop's, from ``Server.listen``, so a name does not
+    block the loop).  Raises ``OSError`` naming the address on a bind failure
+    (``EADDRINUSE``...); the socket is closed on any error.
+    """
+    infos = getaddrinfo(host or None, port, family, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)
+    if not host and _socket.has_ipv6:
+        infos.sort(key=lambda info: info[0] != _socket.AF_INET6)
+    family, type_, proto, _canonname, sockaddr = infos[0]
+    sock = _originals.socket_class(family, type_, proto)
+    try:
+        if reuse_address and hasattr(_socket, "SO_REUSEADDR"):
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        if family == _socket.AF_INET6 and not host:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{exc.strerror} (binding {format_address(sockaddr)})"
+            ) from None
+        if backlog is not None:
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Server:
     """A listening socket served by an accept thread; made by ``loop.newserver``.
 
@@ -96,7 +140,11 @@ class Server:
     ``handler_timeout`` (an absolute limit for the whole handler, which
     trickling bytes cannot extend), ``tls`` (an ``ssl.SSLContext``: the
     handshake runs in the connection's own thread) and
-    ``handshake_timeout`` (default 60 s).
+    ``handshake_timeout`` (default 60 s).  ``exclusive`` registers the
+    listener with ``EPOLLEXCLUSIVE``, for a listener that several processes
+    serve (``run_server(balance="shared")``): a new connection wakes one of
+    the waiting processes instead of all (the portable poll backend has no
+    such flag and wakes all).
     """
 
     def __init__(
@@ -111,6 +159,7 @@ class Server:
         handler_timeout: float | None = None,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        exclusive: bool = False,
     ) -> None:
         require_callable(handler, "the connection handler")
         if not isinstance(sock, AsyncSocket):
@@ -129,6 +178,7 @@ class Server:
         self.handler_timeout = handler_timeout
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self._exclusive = exclusive
         self._unix_path: str | bytes | None = None
         self._closed = False
         #: Each running handler's connection, and its thread once it started.
@@ -160,30 +210,14 @@ class Server:
         **options: Any,
     ) -> Server:
         """Bind ``host``:``port`` (``None``/``""``: every interface, dual-stack) and serve."""
-        infos = loop.getaddrinfo(
-            host or None, port, family, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
+        sock = bind_socket(
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            backlog=DEFAULT_BACKLOG if backlog is None else backlog,
+            getaddrinfo=loop.getaddrinfo,
         )
-        if not host and _socket.has_ipv6:
-            infos.sort(key=lambda info: info[0] != _socket.AF_INET6)
-        family, type_, proto, _canonname, sockaddr = infos[0]
-        sock = _originals.socket_class(family, type_, proto)
-        try:
-            if hasattr(_socket, "SO_REUSEADDR"):
-                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-            if family == _socket.AF_INET6 and not host:
-                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"{exc.strerror} (binding {format_address(sockaddr)})"
-                ) from None
-            sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)
-        except BaseException:
-            sock.close()
-            raise
         listener = AsyncSocket(sock, loop, timeout=None)
         try:
             return cls(loop, listener, handler, **options)
@@ -251,6 +285,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        self._unregister_listener()
         self.socket.close()
         if self._unix_path is not None:
             try:
@@ -332,11 +367,40 @@ class Server:
 
     # ------------------------------------------------------------ internals
 
+    def _unregister_listener(self) -> None:
+        # A listener inherited by forked workers stays open in the other
+        # processes after our close, and epoll keeps a registration as long
+        # as the file is open anywhere (epoll(7), "closing a file descriptor"):
+        # it would go on waking this loop and, with EPOLLEXCLUSIVE, swallow
+        # wake-ups meant for the processes still accepting.  So remove it
+        # explicitly (one system call per server close).
+        poller = self.socket._poller
+        fd = self.socket.fileno()
+        if poller is not None and fd >= 0:
+            try:
+                poller.unregister(fd)
+            except OSError:
+                pass
+
+    def _register_exclusive(self) -> None:
+        # Before the first wait, so the loop's lazy registration (which would
+        # add the fd without the flag; EPOLLEXCLUSIVE cannot be added later
+        # with EPOLL_CTL_MOD) finds it registered already.
+        poller = self._loop._poller
+        register = getattr(poller, "register_exclusive", None)
+        fd = self.socket.fileno()
+        if register is None or fd < 0 or self.socket._poller is poller:
+            return
+        register(fd)
+        self.socket._poller = poller
+
     def _accept_loop(self) -> None:
         lsock = self.socket
         raw: Any = lsock.socket
         loop = self._loop
         streak = 0
+        if self._exclusive:
+            self._register_exclusive()
         while not self._closed:
             if self.max_connections is not None and len(self._connections) >= self.max_connections:
                 self._wait_for_slot()

@@ -14,6 +14,7 @@ from typing import Any
 from ._api import LoopFunctions, copy_docs
 from ._coro import CoroLoop
 from ._threads import Thread
+from ._workers import WorkerFunctions
 
 __all__ = [
     "Loop",
@@ -35,6 +36,7 @@ __all__ = [
     "resume",
     "resume_threadsafe",
     "run_in_thread",
+    "run_server",
     "serve",
     "set_resolver",
     "sleep",
@@ -112,3 +114,6 @@ suspend = _functions.suspend
 timeout = _functions.timeout
 watchdog = _functions.watchdog
 wrap = _functions.wrap
+
+_worker_functions: WorkerFunctions[CoroLoop] = WorkerFunctions(get_loop)
+run_server = _worker_functions.run_server
