@@ -280,13 +280,20 @@ class Server:
     def close(self) -> None:
         """Stop accepting at once (new connects are refused); handlers keep running.
 
-        Idempotent.
+        A handler object with a ``server_closing()`` method is told here
+        (``socketloop.wsgi`` ends HTTP keep-alive with it).  Idempotent.
         """
         if self._closed:
             return
         self._closed = True
         self._unregister_listener()
         self.socket.close()
+        server_closing = getattr(self._handler, "server_closing", None)
+        if server_closing is not None:
+            try:
+                server_closing()
+            except Exception:
+                logger.error("server_closing() of the handler raised", exc_info=True)
         if self._unix_path is not None:
             try:
                 os.unlink(self._unix_path)
