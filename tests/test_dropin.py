@@ -676,6 +676,7 @@ def test_patched_select_timeout_in_a_loop_thread_lets_others_run(loop: Loop) -> 
     assert log == ["waiter waits", "other 0", "other 1", "other 2", "waiter got ([], [], [])"]
 
 
+@pytest.mark.expect_errors  # the thread's error is logged, then re-raised by run()
 def test_patched_select_in_a_loop_thread_raises_type_error_for_an_object_without_fileno(
     loop: Loop,
 ) -> None:
@@ -683,6 +684,7 @@ def test_patched_select_in_a_loop_thread_raises_type_error_for_an_object_without
         run(loop, select.select, [object()], [], [], 1.0)
 
 
+@pytest.mark.expect_errors  # the thread's error is logged, then re-raised by run()
 def test_patched_select_in_a_loop_thread_refuses_a_negative_timeout(loop: Loop) -> None:
     r, w = socket.socketpair()
     with r, w, quietly_patched(), pytest.raises(ValueError, match="non-negative"):

@@ -877,6 +877,7 @@ def test_wrapped_before_connect_without_handshake_on_connect_waits_for_do_handsh
     close_and_drain(loop, server)
 
 
+@pytest.mark.expect_errors  # the thread's error is logged, then re-raised by run()
 def test_wrapped_before_connect_refuses_a_second_connect(loop: Loop, certs: Certs) -> None:
     server = tls_echo_server(loop, certs)
     context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
