@@ -32,8 +32,8 @@ servers:
 	@sh .ci/install-servers
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks soak
-	$(PY) -m ruff format --check src tests benchmarks soak
+	$(PY) -m ruff check src tests benchmarks soak examples
+	$(PY) -m ruff format --check src tests benchmarks soak examples
 	$(PY) -m mypy
 
 unit: $(STAMP)
