@@ -43,7 +43,7 @@ for _name in socketloop.__all__:
 
 project = "socketloop"
 author = "socketloop developers"
-copyright = "socketloop developers"  # noqa: A001  (Sphinx's name)
+copyright = "socketloop developers"
 release = version = socketloop.__version__
 
 extensions = [
