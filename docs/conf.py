@@ -56,6 +56,9 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 
+# The database drivers and the HTTP parser are extras, not the docs': document
+# the modules that use them without them.
+autodoc_mock_imports = ["httptools", "psycopg", "psycopg2"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
