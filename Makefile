@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k server -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test servers lint unit bench soak clean
+.PHONY: demo test servers lint unit docs bench soak clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,23 @@ servers:
 	@sh .ci/install-servers
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks soak
-	$(PY) -m ruff format --check src tests benchmarks soak
+	$(PY) -m ruff check src tests benchmarks soak examples
+	$(PY) -m ruff format --check src tests benchmarks soak examples
 	$(PY) -m mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make docs`: the HTML site (Sphinx: tutorial, guides, API reference from the
+# docstrings) in docs/_build/html; any warning fails the build.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "documentation: docs/_build/html/index.html"
 
 # `make soak SECONDS=600`: 1,000 connections with injected faults through an
 # echo and a relay server; prints what was exchanged and fails on any loss,
@@ -67,7 +78,7 @@ stdlib-tests: $(STAMP)
 	$(PY) tests/stdlib/run.py $(if $(GEVENT),--gevent $(GEVENT_VENV)/bin/python) $(STDLIB_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache docs/_build
 
 # ------------------------------------------------------------------ benchmarks
 # `make bench`: the peers (gevent, uvloop, trio) and matplotlib go into their

@@ -65,3 +65,22 @@ def test_on_signal_refused_for_its_handler_leaves_the_previous_handler(loop: Loo
     with pytest.raises(TypeError):
         loop.on_signal(signal.SIGUSR1, NOT_CALLABLE)
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_kill_with_a_non_exception_raises_type_error_and_leaves_the_thread_suspended(
+    loop: Loop,
+) -> None:
+    thread = loop.newthread(loop.suspend)
+    with pytest.raises(TypeError, match="expects an exception class or instance"):
+        thread.kill(NOT_CALLABLE)
+    assert thread.state == "suspended"
+    thread.kill()
+    assert thread.state == "dead"
+
+
+@pytest.mark.parametrize(("threshold", "interval"), [(-1.0, None), (0.0, None), (0.1, 0.0)])
+def test_watchdog_refuses_a_threshold_or_interval_that_is_not_positive(
+    loop: Loop, threshold: float, interval: float | None
+) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        loop.watchdog(threshold, interval)

@@ -67,3 +67,11 @@ def test_get_reports_an_error_and_fails_for_a_refused_connection() -> None:
     result = run_cli("get", "--timeout", "5", f"http://127.0.0.1:{port}/")
     assert result.returncode == 1
     assert "refused" in result.stdout.lower()
+
+
+def test_version_prints_the_package_version() -> None:
+    import socketloop
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"socketloop {socketloop.__version__}"

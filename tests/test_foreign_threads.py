@@ -101,12 +101,12 @@ def test_the_kept_loop_is_reached_from_another_os_thread_while_a_server_keeps_it
     server = api.newserver("127.0.0.1", 0, lambda conn: None)
     log: list[str] = []
 
-    def helper() -> None:
+    def other_os_thread() -> None:
         loop.call_soon_threadsafe(log.append, "called")
         loop.call_soon_threadsafe(loop.stop)
 
     # Started from a callback: start() is running by then, so stop() is not a no-op.
-    api.call_soon(lambda: threading.Thread(target=helper, daemon=True).start())
+    api.call_soon(lambda: threading.Thread(target=other_os_thread, daemon=True).start())
     began = time.monotonic()
     api.start(timeout=WAIT)
     assert time.monotonic() - began < WAIT / 2, "stop() from the OS thread was lost"
@@ -119,11 +119,11 @@ def test_stop_on_the_kept_loop_from_another_os_thread_ends_start(api: types.Modu
     loop = api.get_loop()
     server = api.newserver("127.0.0.1", 0, lambda conn: None)
 
-    def helper() -> None:
+    def other_os_thread() -> None:
         wait_until_polling(loop)
         loop.stop()
 
-    api.call_soon(lambda: threading.Thread(target=helper, daemon=True).start())
+    api.call_soon(lambda: threading.Thread(target=other_os_thread, daemon=True).start())
     began = time.monotonic()
     api.start(timeout=WAIT)
     assert time.monotonic() - began < WAIT / 2, "stop() from the OS thread was lost"
@@ -149,13 +149,13 @@ def test_close_from_another_os_thread_wakes_the_loop_thread_waiting_on_the_socke
 
     thread = loop.newthread(reader)
     assert thread.state == "waiting"
-    helper = threading.Thread(target=closer, daemon=True)
-    helper.start()
+    closing = threading.Thread(target=closer, daemon=True)
+    closing.start()
     began = time.monotonic()
     try:
         loop.start(timeout=WAIT)
     finally:
-        helper.join(WAIT)
+        closing.join(WAIT)
         b.close()
     assert time.monotonic() - began < WAIT / 2, "the waiter was not woken"
     assert outcome == [errno.EBADF]

@@ -135,3 +135,10 @@ def test_install_servers_without_apt_get_prints_one_line(tmp_path: pathlib.Path)
 def test_install_servers_required_fails_without_apt_get(tmp_path: pathlib.Path) -> None:
     result, _ = install_servers(tmp_path, "--required", uid=1000, with_apt=False)
     assert result.returncode != 0
+
+
+def test_make_docs_builds_with_warnings_as_errors(tmp_path: pathlib.Path) -> None:
+    commands = dry_run("docs", tmp_path)
+    assert "pip install --quiet -e '.[docs]'" in commands
+    assert "-m sphinx -W" in commands
+    assert "make docs" in (ROOT / ".ci" / "run").read_text()

@@ -1,5 +1,7 @@
 """The README's code runs as written: every fenced python block, and the calls of its API table.
 
+The tutorial of the documentation site (docs/tutorial) is held to the same rule.
+
 Each block runs in a fresh interpreter, exactly as a reader would paste it
 (the examples are self-contained on loopback), so a drift between the
 README and the library fails here.
@@ -19,14 +21,16 @@ import pytest
 
 import socketloop
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TUTORIAL = ROOT / "docs" / "tutorial" / "index.md"
 
 
-def python_blocks() -> dict[str, str]:
+def python_blocks(path: pathlib.Path = README) -> dict[str, str]:
     """The fenced python blocks, keyed by the heading above them (numbered when repeated)."""
     blocks: dict[str, str] = {}
     heading = "top"
-    lines = README.read_text().splitlines(keepends=True)
+    lines = path.read_text().splitlines(keepends=True)
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -44,6 +48,7 @@ def python_blocks() -> dict[str, str]:
 
 
 BLOCKS = python_blocks()
+TUTORIAL_BLOCKS = python_blocks(TUTORIAL)
 
 
 def run_block(source: str) -> subprocess.CompletedProcess[str]:
@@ -67,6 +72,13 @@ def test_the_sections_with_code_each_have_a_runnable_block() -> None:
 @pytest.mark.parametrize("heading", sorted(BLOCKS))
 def test_the_readme_block_runs_as_written(heading: str) -> None:
     result = run_block(BLOCKS[heading])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("heading", sorted(TUTORIAL_BLOCKS))
+def test_the_tutorial_block_runs_as_written(heading: str) -> None:
+    result = run_block(TUTORIAL_BLOCKS[heading])
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
 

@@ -21,13 +21,12 @@ like Lua's).  ``socketloop.coro`` offers the same functions on a loop whose
 threads are symmetric coroutines, plus ``transfer``.
 """
 
-from __future__ import annotations
-
 from . import (
     _originals,  # noqa: F401  (first: captures the stdlib before any patch)
     coro,
 )
-from ._api import LoopFunctions, copy_docs
+from ._api import LoopFunctions as _LoopFunctions
+from ._api import copy_docs as _copy_docs
 from ._asocket import AsyncSocket
 from ._coro import CoroLoop
 from ._errors import BusyResourceError, DeadlockError, SendallTimeoutError, ThreadExit
@@ -50,14 +49,13 @@ from ._threads import Thread
 from ._timeouts import Timeout
 from ._timers import TimerHandle
 from ._tls import AsyncTLSSocket
-from ._workers import WorkerFunctions
-
-__version__ = "0.1.0"
+from ._version import __version__
+from ._workers import WorkerFunctions as _WorkerFunctions
 
 #: Submodules loaded on first attribute access (PEP 562), so that
 #: ``import socketloop`` stays cheap and ``socketloop.ssl.create_default_context()``
 #: works without a separate ``import socketloop.ssl``.
-_LAZY_SUBMODULES = frozenset({"socket", "ssl", "testing"})
+_LAZY_SUBMODULES = frozenset({"extras", "socket", "ssl", "testing", "wsgi"})
 
 
 def __getattr__(name: str) -> object:
@@ -74,8 +72,8 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | _LAZY_SUBMODULES)
 
 
-_functions: LoopFunctions[Loop] = LoopFunctions(get_loop, _existing_loop, "socketloop")
-copy_docs(_functions, Loop)
+_functions: _LoopFunctions[Loop] = _LoopFunctions(get_loop, _existing_loop, "socketloop")
+_copy_docs(_functions, Loop)
 
 call_later = _functions.call_later
 call_soon = _functions.call_soon
@@ -107,7 +105,7 @@ timeout = _functions.timeout
 watchdog = _functions.watchdog
 wrap = _functions.wrap
 
-_worker_functions: WorkerFunctions[Loop] = WorkerFunctions(get_loop)
+_worker_functions: _WorkerFunctions[Loop] = _WorkerFunctions(get_loop)
 run_server = _worker_functions.run_server
 
 __all__ = [
@@ -169,3 +167,12 @@ __all__ = [
     "watchdog",
     "wrap",
 ]
+
+# The public classes live in private modules; they report the package as
+# their module, so that tracebacks, reprs and help() name what users import
+# (socketloop.BusyResourceError, not socketloop._errors.BusyResourceError).
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("socketloop._"):
+        _value.__module__ = __name__
+del _name, _value

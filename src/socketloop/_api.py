@@ -254,7 +254,11 @@ class LoopFunctions(Generic[L]):
 
 
 def copy_docs(functions: object, loop_class: type) -> None:
-    """Give each forwarding function the docstring of the loop method it forwards to."""
+    """Give each forwarding function the docstring of the loop method it forwards to.
+
+    Each is also named by its own name alone, so that Python's messages about
+    its arguments say ``connect()``, not the internal ``LoopFunctions.connect()``.
+    """
     for name in dir(type(functions)):
         if name.startswith("_"):
             continue
@@ -262,3 +266,4 @@ def copy_docs(functions: object, loop_class: type) -> None:
         source = getattr(loop_class, name, None)
         if callable(method) and source is not None and source.__doc__:
             method.__doc__ = source.__doc__
+            method.__qualname__ = name

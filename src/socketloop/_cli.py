@@ -27,6 +27,7 @@ from typing import Any
 from . import ssl as cooperative_ssl
 from ._asocket import AsyncSocket
 from ._loop import Loop, get_loop
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m socketloop", description="socketloop command line"
     )
+    parser.add_argument("--version", action="version", version=f"socketloop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="serve and fetch pages concurrently")
     demo_parser.add_argument("--pages", type=int, default=10, help="pages to fetch (10)")

@@ -800,6 +800,12 @@ class Loop:
         timeout: float | None,
     ) -> None:
         self._check()
+        if not isinstance(exc, BaseException) and not (
+            isinstance(exc, type) and issubclass(exc, BaseException)
+        ):
+            # Checked before anything changes: throwing a non-exception into
+            # the thread would fail in the dispatcher and leave it stranded.
+            raise TypeError(f"kill() expects an exception class or instance, not {exc!r}")
         if thread._state == DEAD:
             return
         error = exc() if isinstance(exc, type) else exc
@@ -1834,12 +1840,15 @@ class Loop:
         A monitoring OS thread checks whether the loop has polled recently
         while it is dispatching; if not, it logs a warning with the blocking
         thread's name and stack (one report per blocking episode).
-        ``None`` stops it.
+        ``None`` stops it.  ``ValueError`` for a threshold or interval that
+        is not positive.
         """
         from ._introspect import Watchdog
 
         if threshold is not None:
             self._check()
+            if not threshold > 0 or (interval is not None and not interval > 0):
+                raise ValueError("watchdog threshold and interval must be positive")
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None

@@ -253,6 +253,7 @@ class Thread(greenlet, Generic[T]):
         With ``block`` (the default) wait until it has ended (up to
         ``timeout`` seconds).  Killing a dead or not yet started thread is
         harmless; killing the running thread raises ``exc`` right here.
+        ``TypeError`` if ``exc`` is not an exception class or instance.
         """
         if self._state == DEAD:
             return

@@ -4,20 +4,64 @@
 ``socketloop`` (acting on the calling OS thread's default *symmetric* loop)
 plus ``transfer(thread, arg)``, which passes control directly from one thread
 to another.  See ``socketloop.CoroLoop`` for the model.
+
+It offers the same public names as ``socketloop`` (the classes, exceptions,
+primitives and ``patch``, which work with either kind of loop), so code can
+switch with its import line alone; ``Loop`` here is ``CoroLoop``.  Only
+``coro`` itself is not repeated, and only this module has ``transfer``.
 """
 
-from __future__ import annotations
+import threading as _threading
+from typing import Any as _Any
 
-import threading
-from typing import Any
-
-from ._api import LoopFunctions, copy_docs
+from ._api import LoopFunctions as _LoopFunctions
+from ._api import copy_docs as _copy_docs
+from ._asocket import AsyncSocket
 from ._coro import CoroLoop
+from ._errors import BusyResourceError, DeadlockError, SendallTimeoutError, ThreadExit
+from ._patch import patch, patched, unpatch
+from ._server import Server
+from ._sync import (
+    BoundedSemaphore,
+    Condition,
+    Event,
+    LifoQueue,
+    Lock,
+    PriorityQueue,
+    Queue,
+    RLock,
+    Semaphore,
+)
 from ._threads import Thread
-from ._workers import WorkerFunctions
+from ._timeouts import Timeout
+from ._timers import TimerHandle
+from ._tls import AsyncTLSSocket
+from ._version import __version__
+from ._workers import WorkerFunctions as _WorkerFunctions
 
 __all__ = [
+    "AsyncSocket",
+    "AsyncTLSSocket",
+    "BoundedSemaphore",
+    "BusyResourceError",
+    "Condition",
+    "CoroLoop",
+    "DeadlockError",
+    "Event",
+    "LifoQueue",
+    "Lock",
     "Loop",
+    "PriorityQueue",
+    "Queue",
+    "RLock",
+    "Semaphore",
+    "SendallTimeoutError",
+    "Server",
+    "Thread",
+    "ThreadExit",
+    "Timeout",
+    "TimerHandle",
+    "__version__",
     "call_later",
     "call_soon",
     "call_soon_threadsafe",
@@ -33,6 +77,8 @@ __all__ = [
     "newserver_unix",
     "newthread",
     "on_signal",
+    "patch",
+    "patched",
     "resume",
     "resume_threadsafe",
     "run_in_thread",
@@ -48,13 +94,14 @@ __all__ = [
     "suspend",
     "timeout",
     "transfer",
+    "unpatch",
     "watchdog",
     "wrap",
 ]
 
 Loop = CoroLoop
 
-_defaults = threading.local()
+_defaults = _threading.local()
 
 
 def get_loop() -> CoroLoop:
@@ -75,15 +122,15 @@ def _existing_loop() -> CoroLoop | None:
     return None if loop is None or loop.closed else loop
 
 
-def transfer(thread: Thread[Any], arg: Any = None) -> Any:
+def transfer(thread: Thread[_Any], arg: _Any = None) -> _Any:
     """Pass control directly to ``thread``; see ``CoroLoop.transfer``."""
     return get_loop().transfer(thread, arg)
 
 
 transfer.__doc__ = CoroLoop.transfer.__doc__
 
-_functions: LoopFunctions[CoroLoop] = LoopFunctions(get_loop, _existing_loop, "socketloop.coro")
-copy_docs(_functions, CoroLoop)
+_functions: _LoopFunctions[CoroLoop] = _LoopFunctions(get_loop, _existing_loop, "socketloop.coro")
+_copy_docs(_functions, CoroLoop)
 
 call_later = _functions.call_later
 call_soon = _functions.call_soon
@@ -115,5 +162,5 @@ timeout = _functions.timeout
 watchdog = _functions.watchdog
 wrap = _functions.wrap
 
-_worker_functions: WorkerFunctions[CoroLoop] = WorkerFunctions(get_loop)
+_worker_functions: _WorkerFunctions[CoroLoop] = _WorkerFunctions(get_loop)
 run_server = _worker_functions.run_server

@@ -1286,4 +1286,3 @@ def serve(
             loop.on_signal(signum, None)
         if not server.closed:
             server.close()
-
