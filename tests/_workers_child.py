@@ -3,7 +3,8 @@
 Run as ``python tests/_workers_child.py CONFIG_JSON``.  CONFIG holds the
 ``run_server`` keywords plus ``api`` (``socketloop`` or ``socketloop.coro``),
 ``port`` (default 0) and ``before`` (``"loop thread"``: start a loop thread
-first, which must make ``run_server`` refuse to fork).  Logging goes to
+first; ``"pool"``: make one ``run_in_thread`` call first, which leaves the
+pool's OS thread alive; either must make ``run_server`` refuse to fork).  Logging goes to
 stderr as ``PID message``; the test reads the port from the supervisor's
 "serving" line.  On return the summary is printed to stdout as JSON; an
 exception is printed as ``error: TYPE: MESSAGE`` with exit status 2.
@@ -61,6 +62,9 @@ def main() -> int:
 
     if before == "loop thread":
         api.newthread(api.sleep, 30)
+    elif before == "pool":
+        api.newthread(api.run_in_thread, int, "1")
+        api.start()
     try:
         summary = api.run_server("127.0.0.1", port, handler, **config)
     except Exception as exc:

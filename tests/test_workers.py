@@ -73,7 +73,7 @@ class Instance:
             time.sleep(0.01)  # polling the log, not synchronising
 
     def _done(self) -> bool:
-        self._reader.join(0.5)
+        self._reader.join(WAIT)  # the child ended: its stderr reaches EOF
         return not self._reader.is_alive()
 
     def serving(self) -> Instance:
@@ -100,7 +100,11 @@ class Instance:
 
     def finish(self, timeout: float = WAIT) -> tuple[int, str]:
         """Wait for the child to end; its exit status and stdout."""
-        out, _ = self.proc.communicate(timeout=timeout)
+        # Not communicate(): it would read stderr too, under the reader's feet.
+        self.proc.wait(timeout)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.stdout.close()
         self._done()
         return self.proc.returncode, out
 
@@ -117,7 +121,11 @@ class Instance:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.proc.communicate()
+        self.proc.wait(WAIT)
+        self._done()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -243,6 +251,34 @@ def test_a_killed_worker_is_replaced(start: Callable[..., Instance]) -> None:
     assert server.stop()["died"] == 1
 
 
+def test_a_worker_that_keeps_dying_at_start_is_replaced_after_a_growing_back_off(
+    start: Callable[..., Instance],
+) -> None:
+    server = start(workers=2).serving()
+    first = server.wait_for(r"started worker (\d+) \(slot 0\)")[0]
+    os.kill(int(first.group(1)), signal.SIGKILL)
+    server.wait_for(r"\(slot 0\) killed by SIGKILL; replacing it in 0\.1 s \(died at start 1 ")
+    second = server.wait_for(r"started worker (\d+) \(slot 0\)", count=2)[1]
+    killed = time.monotonic()
+    os.kill(int(second.group(1)), signal.SIGKILL)
+    server.wait_for(r"\(slot 0\) killed by SIGKILL; replacing it in 0\.2 s \(died at start 2 ")
+    third = int(server.wait_for(r"started worker (\d+) \(slot 0\)", count=3)[2].group(1))
+    assert time.monotonic() - killed >= 0.2
+    assert third in server.pids_seen(2)
+    assert server.stop()["died"] == 2
+
+
+def test_a_worker_that_cannot_start_serving_stops_the_supervisor_with_an_error(
+    start: Callable[..., Instance],
+) -> None:
+    child = start(workers=2, max_accept=0)
+    code, out = child.finish()
+    assert code == 2
+    assert "RuntimeError: run_server: worker" in out
+    assert "could not start serving" in out
+    assert "max_accept must be at least 1" in child.log()
+
+
 def test_a_blocked_worker_is_killed_after_timeout_and_replaced(
     start: Callable[..., Instance],
 ) -> None:
@@ -271,8 +307,10 @@ def test_sigterm_lets_in_flight_requests_complete(start: Callable[..., Instance]
     server.signal(signal.SIGTERM)
     replies = []
     for sock in clients:
-        replies.append(int(read_all(sock)))
+        reply = read_all(sock)
         sock.close()
+        assert reply.isdigit(), f"an in-flight request was cut: {reply!r}\n{server.log()}"
+        replies.append(int(reply))
     code, _ = server.finish()
     assert code == 0
     assert all(pid != server.proc.pid for pid in replies)
@@ -363,3 +401,13 @@ def test_run_server_refuses_to_fork_with_a_live_loop_thread(
     assert "RuntimeError: run_server() cannot fork worker processes" in out
     assert "thread(s)" in out
     assert "started worker" not in child.log()
+
+
+def test_run_server_refuses_to_fork_with_a_live_thread_pool(
+    start: Callable[..., Instance],
+) -> None:
+    child = start(workers=2, before="pool")
+    code, out = child.finish()
+    assert code == 2
+    assert "cannot fork worker processes" in out
+    assert "OS thread 'socketloop-worker" in out

@@ -110,11 +110,14 @@ BALANCE_MODES = ("reuseport", "shared")
 # Worker states, written by the worker into its record.
 STARTING, SERVING, DRAINING = 0, 1, 2
 
+#: Why a worker drains on its own, written into its record.
+DRAIN_REASONS = ("", "max_requests", "signal", "supervisor gone")
+
 #: One record per live worker in a shared anonymous mapping: pid, heartbeat
-#: counter, state, accepted connections, handler errors.  The supervisor only
+#: counter, state, accepted connections, handler errors, drain reason.  The supervisor only
 #: watches the counter *change* (by its own clock), so a torn read can delay
 #: a kill by one check but never cause one.
-_RECORD = struct.Struct("<5q")
+_RECORD = struct.Struct("<6q")
 
 
 def check_can_fork() -> None:
@@ -366,8 +369,11 @@ class _WorkerProcess:
         self.state = STARTING
         self.count = 0
         self.reason = ""
+        self.reason_code = 0
         self.server: Server | None = None
         self.loop: Loop | None = None
+        #: Stop signals that arrived before the loop's handlers were installed.
+        self.early_signals: list[int] = []
 
     def publish(self, state: int | None = None) -> None:
         if state is not None and state != self.state:
@@ -385,6 +391,7 @@ class _WorkerProcess:
             self.state,
             stats.get("accepted", 0),
             stats.get("handler_errors", 0),
+            self.reason_code,
         )
         if notify:
             try:
@@ -404,23 +411,27 @@ class _WorkerProcess:
             # woken for; it retries after its other threads had their turn.
             options.setdefault("max_accept", 1)
         handler = config.handler if not self.limit else self.counting(config.handler)
+        # Before the server exists: its accept thread runs at once and may
+        # start handlers for connections already queued.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.on_signal(signum, lambda n: self.drain(signal.Signals(n).name, 2))
         try:
             self.server = loop.serve(self.listener, handler, **options)
         except Exception:
             logger.exception("worker %d (slot %d) could not start serving", self.pid, self.slot)
             return BOOT_ERROR
+        for early in self.early_signals:
+            loop.spawn(self.drain, signal.Signals(early).name, 2)
         interval = min(1.0, config.timeout / 4)
 
         def beat() -> None:
             self.publish()
             if os.getppid() != self.parent and self.state == SERVING:
                 # The supervisor was killed: nobody would ever stop us.
-                loop.spawn(self.drain, "supervisor gone")
+                loop.spawn(self.drain, "supervisor gone", 3)
             loop.call_later(interval, beat)
 
         loop.call_later(interval, beat)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.on_signal(signum, lambda n: self.drain(signal.Signals(n).name))
         self.publish(SERVING)
         logger.info(
             "worker %d (slot %d) serving %s", self.pid, self.slot, _format(self.server.address)
@@ -447,16 +458,17 @@ class _WorkerProcess:
         def counted(conn: AsyncSocket) -> object:
             self.count += 1
             if self.count == self.limit and self.loop is not None:
-                self.loop.spawn(self.drain, f"max_requests ({self.limit})")
+                self.loop.spawn(self.drain, f"max_requests ({self.limit})", 1)
             return handler(conn)
 
         return counted
 
-    def drain(self, reason: str) -> None:
+    def drain(self, reason: str, code: int) -> None:
         """Stop accepting, give in-flight connections the grace period, end the loop."""
         if self.state == DRAINING or self.server is None or self.loop is None:
             return
         self.reason = reason
+        self.reason_code = code
         self.publish(DRAINING)
         logger.info(
             "worker %d (slot %d) %s: stopping (%d connections in flight, grace %.1f s)",
@@ -576,7 +588,7 @@ class _Supervisor:
             # Drawn here: after the fork every child would draw the same.
             limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         record = self.free_records.pop()
-        _RECORD.pack_into(self.records, record * _RECORD.size, 0, 0, STARTING, 0, 0)
+        _RECORD.pack_into(self.records, record * _RECORD.size, 0, 0, STARTING, 0, 0, 0)
         pid = os.fork()
         if pid == 0:
             self.become_worker(slot, record, limit)
@@ -595,8 +607,13 @@ class _Supervisor:
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(signum, signal.SIG_IGN)
-            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            early: list[int] = []
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                # Kept until the loop's handler replaces it: the default
+                # action would kill a worker whose server has already
+                # accepted (and started serving) connections.
+                signal.signal(signum, lambda n, _frame: early.append(n))
             for fd in (self.notify_r, self.signal_r, self.signal_w):
                 os.close(fd)
             # Every other listener must close here: a copy kept open in this
@@ -609,6 +626,7 @@ class _Supervisor:
             worker = _WorkerProcess(
                 self.config, slot.listener, slot.index, self.records, record, self.notify_w, limit
             )
+            worker.early_signals = early
             code = worker.run()
         except BaseException:
             logger.exception("worker %d (slot %d) failed", os.getpid(), slot.index)
@@ -659,7 +677,7 @@ class _Supervisor:
 
     def read_records(self, now: float) -> None:
         for worker in self.live:
-            _pid, beats, state, accepted, errors = _RECORD.unpack_from(
+            _pid, beats, state, accepted, errors, code = _RECORD.unpack_from(
                 self.records, worker.record * _RECORD.size
             )
             worker.accepted = accepted
@@ -673,22 +691,28 @@ class _Supervisor:
                     worker.serving_since = now
                     self.ever_served = True
                 elif state == DRAINING:
-                    self.on_draining(worker)
+                    self.on_draining(worker, DRAIN_REASONS[code] if code < 4 else "?")
 
-    def on_draining(self, worker: _Worker) -> None:
-        """A worker stops accepting; if it decided so itself (max_requests), replace it."""
+    def on_draining(self, worker: _Worker, reason: str) -> None:
+        """A worker stops accepting by itself (max_requests, a signal sent to it
+        directly): start its successor at once, while it finishes its connections."""
         if worker.stop_sent is not None:
-            return
+            return  # we asked for it
         worker.stop_sent = time.monotonic()
-        worker.reason = "max_requests"
+        worker.reason = reason
         slot = worker.slot
         if slot.current is worker and not self.stopping and slot in self.slots:
-            self.counts["recycled"] += 1
+            if reason == "max_requests":
+                self.counts["recycled"] += 1
+                what = "reached max_requests"
+            else:
+                what = f"is stopping ({reason})"
             logger.info(
-                "supervisor %d: worker %d (slot %d) reached max_requests; starting its successor",
+                "supervisor %d: worker %d (slot %d) %s; starting its successor",
                 self.pid,
                 worker.pid,
                 slot.index,
+                what,
             )
             self.spawn(slot)
 
@@ -789,7 +813,7 @@ class _Supervisor:
                 )
 
     def read_final(self, worker: _Worker) -> None:
-        _pid, _beats, _state, accepted, errors = _RECORD.unpack_from(
+        _pid, _beats, _state, accepted, errors, _code = _RECORD.unpack_from(
             self.records, worker.record * _RECORD.size
         )
         worker.accepted = accepted
