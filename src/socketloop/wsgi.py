@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 try:
@@ -127,17 +127,9 @@ class _BadRequest(Exception):
         self.reason = reason
 
 
-class _StartResponse(Protocol):
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: tuple[type[BaseException], BaseException, TracebackType] | None = None,
-        /,
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+#: A WSGI application (``start_response`` is typed loosely so that apps typed
+#: against ``wsgiref.types`` or framework stubs fit).
+WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 #: ``on_response(environ, status, response_headers, body_bytes_sent, seconds)``
 ResponseHook = Callable[[dict[str, Any], str, list[tuple[str, str]], int, float], object]
 
@@ -403,7 +395,6 @@ class WSGIHandler:
             "wsgi.multithread": True,
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
             "wsgi.file_wrapper": FileWrapper,
             "SERVER_SOFTWARE": "socketloop.wsgi",
         }
@@ -418,6 +409,7 @@ class WSGIHandler:
             connection.serve()
         finally:
             self._connections.discard(connection)
+            connection.release()
 
     def server_closing(self) -> None:
         """End keep-alive: shut idle connections now, close busy ones after their response."""
@@ -494,6 +486,12 @@ class _Connection:
         # connection that sends nothing at all is the simplest slowloris.
         if handler.header_timeout is not None:
             self.header_deadline = time.monotonic() + handler.header_timeout
+
+    def release(self) -> None:
+        """Break the parser <-> connection cycle so the connection is freed at once."""
+        self.parser = None  # type: ignore[assignment]
+        self.ready.clear()
+        self.parsing = None
 
     # ---------------------------------------------------- parser callbacks
 
@@ -801,6 +799,10 @@ class _Connection:
             else:
                 environ[key] = text
         environ["wsgi.input"] = _Input(self, message)
+        if message.transfer_encodings:
+            # No CONTENT_LENGTH: this tells frameworks (werkzeug, Django)
+            # to read wsgi.input to its end, which is the body's end.
+            environ["wsgi.input_terminated"] = True
         return environ
 
     def respond(self, message: _Message) -> bool:
@@ -1001,7 +1003,7 @@ class _Response:
                 raise ValueError(f"hop-by-hop header {name!r} is the server's to set")
         self.status = status
         self.status_code = code
-        self.headers = headers
+        self.headers = list(headers)  # the server adds framing headers: not to the app's list
         self.content_length = content_length
         if code in _NO_BODY_STATUS or code < 200:
             self.no_body = True
@@ -1013,6 +1015,18 @@ class _Response:
         message = self.message
         if connection.handler.closing:
             self.keep_alive = False
+        elif not message.complete and self.keep_alive:
+            # The app answers without reading the whole body: keeping the
+            # connection means reading the rest, which makes sense only
+            # for a small rest the client is sending anyway.
+            waiting = message.expect_continue and not message.continue_sent
+            rest = (
+                None
+                if message.content_length is None
+                else message.content_length - message.body_size
+            )
+            if waiting or rest is None or rest > DRAIN_LIMIT:
+                self.keep_alive = False
         self.chunked = chunked
         parts = [f"HTTP/1.1 {self.status}\r\n"]
         for name, value in self.headers:
@@ -1286,4 +1300,3 @@ def serve(
             loop.on_signal(signum, None)
         if not server.closed:
             server.close()
-
