@@ -10,6 +10,7 @@ import http.client
 import logging
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -893,6 +894,67 @@ def test_flask_reads_a_chunked_upload(kind: str, tmp_path: Path) -> None:
         )
         assert response.json() == {"got": {"k": 3}}
         no_errors(server)
+
+
+# ----------------------------------------------------------- command line
+
+
+def test_command_line_help_documents_the_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "socketloop", "wsgi", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for option in ("MODULE:APP", "--bind", "--workers", "--access-log", "--keepalive", "--grace"):
+        assert option in result.stdout
+
+
+def test_command_line_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    from _servers import free_port, wait_until_listening
+
+    (tmp_path / "cliapp.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from the command line\\n']\n"
+    )
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "socketloop",
+                "wsgi",
+                "cliapp:app",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--access-log",
+            ],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_listening("127.0.0.1", port, process, log)
+        result = subprocess.run(
+            [CURL, "-s", f"http://127.0.0.1:{port}/cli"],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert result.stdout == b"from the command line\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert '"GET /cli HTTP/1.1" 200 22' in text
+    assert "SIGTERM: stopping" in text
 
 
 # ------------------------------------------------------------ API, errors

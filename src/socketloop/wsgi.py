@@ -39,6 +39,7 @@ from ._asocket import AsyncSocket, format_address
 from ._tls import AsyncTLSSocket
 
 __all__ = [
+    "DEFAULT_GRACE",
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_KEEPALIVE",
     "DEFAULT_MAX_BODY_SIZE",
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_REQUEST_LINE",
     "DEFAULT_TIMEOUT",
+    "SERVER_OPTIONS",
     "FileWrapper",
     "RequestBodyTooLarge",
     "WSGIHandler",
