@@ -826,7 +826,7 @@ class _Connection:
                         close()
         except OSError as exc:
             if not (response.client_gone or self.client_error is not None):
-                return self._app_failed(response)
+                return self._app_failed(response, environ)
             # The client's doing (gone, or too slow): routine, one quiet line.
             where = "response to" if response.client_gone else "request body of"
             logger.debug(
@@ -844,7 +844,7 @@ class _Connection:
                 self.send_error(_BadRequest(413, str(exc)), message)
             return False
         except Exception:
-            return self._app_failed(response)
+            return self._app_failed(response, environ)
         elapsed = time.monotonic() - message.started
         self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
         if not response.keep_alive:
@@ -853,7 +853,7 @@ class _Connection:
             return self._drain(message)
         return True
 
-    def _app_failed(self, response: _Response) -> bool:
+    def _app_failed(self, response: _Response, environ: dict[str, Any]) -> bool:
         """Log the app's exception with the request line; answer 500 if still possible."""
         logger.error(
             "app raised on %r from %s",
@@ -863,6 +863,8 @@ class _Connection:
         )
         if self.conn.fileno() >= 0 and not response.headers_sent:
             response.send_internal_error()
+        elapsed = time.monotonic() - response.message.started
+        self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
         return False
 
     def _drain(self, message: _Message) -> bool:
