@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gunicorn.config  # type: ignore[import-untyped]
+import gunicorn.workers.base  # type: ignore[import-untyped]
 import pytest
 import requests
 
@@ -66,7 +67,7 @@ APP = textwrap.dedent(
     @app.get("/hold")
     def hold():
         open(os.environ["HOLD_MARKER"], "w").close()
-        time.sleep(1.0)  # a slow request, in flight when the test signals
+        time.sleep(float(os.environ["HOLD_SECONDS"]))  # in flight when the test signals
         return {"held": True, "pid": os.getpid()}
 
     @app.get("/block")
@@ -146,7 +147,7 @@ class Gunicorn:
         raise AssertionError(f"no new worker after {timeout} s:\n{self.log()[-3000:]}")
 
 
-def start_gunicorn(directory: Path, backend_port: int, *args: str) -> Gunicorn:
+def start_gunicorn(directory: Path, backend_port: int, *args: str, hold: float = 1.0) -> Gunicorn:
     (directory / "slapp.py").write_text(APP)
     port = free_port()
     argv = [
@@ -169,6 +170,7 @@ def start_gunicorn(directory: Path, backend_port: int, *args: str) -> Gunicorn:
     env = dict(os.environ)
     env["BACKEND_PORT"] = str(backend_port)
     env["HOLD_MARKER"] = str(directory / "holding")
+    env["HOLD_SECONDS"] = str(hold)
     with open(directory / "gunicorn.log", "wb") as log:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -203,8 +205,10 @@ def run_gunicorn(tmp_path: Path, backend: int) -> Iterator[list[Gunicorn]]:
             stop(server)
 
 
-def launch(started: list[Gunicorn], tmp_path: Path, backend: int, *args: str) -> Gunicorn:
-    server = start_gunicorn(tmp_path, backend, *args)
+def launch(
+    started: list[Gunicorn], tmp_path: Path, backend: int, *args: str, hold: float = 1.0
+) -> Gunicorn:
+    server = start_gunicorn(tmp_path, backend, *args, hold=hold)
     started.append(server)
     return server
 
@@ -240,17 +244,23 @@ def test_100_blocking_requests_overlap(
     assert elapsed < 5.0  # about 0.2 s; loose, the machine is shared
 
 
-def test_sigterm_finishes_in_flight_requests(
-    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
-) -> None:
-    server = launch(run_gunicorn, tmp_path, backend, "-w", "1")
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+def start_holding(server: Gunicorn) -> http.client.HTTPConnection:
+    """Send a request that stays in the app; return once the app is inside it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.request("GET", "/hold")
-    marker = tmp_path / "holding"
+    marker = server.directory / "holding"
     deadline = time.monotonic() + 10
     while not marker.exists():
         assert time.monotonic() < deadline, "the request never reached the app"
         time.sleep(0.01)  # polling for the app to be inside the request
+    return conn
+
+
+def test_sigterm_finishes_in_flight_requests(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1")
+    conn = start_holding(server)
     server.process.send_signal(signal.SIGTERM)
     response = conn.getresponse()
     assert response.status == 200
@@ -258,6 +268,20 @@ def test_sigterm_finishes_in_flight_requests(
     assert response.getheader("Connection") == "close"
     conn.close()
     assert server.process.wait(20) == 0
+
+
+def test_sigint_stops_without_waiting_for_requests(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", hold=60)
+    conn = start_holding(server)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGINT)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        conn.getresponse()
+    conn.close()
+    server.process.wait(30)
+    assert time.monotonic() - started < 8  # neither the request's 60 s nor the 10 s grace
 
 
 def test_sighup_replaces_the_worker(
@@ -324,3 +348,10 @@ def test_tls_from_gunicorn_settings(
     response = server.get("/")
     assert response.status_code == 200
     assert response.json()["pid"] > 0
+
+
+def test_public_names_exist() -> None:
+    import socketloop.gunicorn
+
+    assert socketloop.gunicorn.__all__ == ["Worker"]
+    assert issubclass(socketloop.gunicorn.Worker, gunicorn.workers.base.Worker)

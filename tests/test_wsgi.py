@@ -28,6 +28,7 @@ import requests
 import socketloop
 from socketloop import AsyncSocket
 from socketloop import wsgi as slwsgi
+from test_dropin import quietly_patched
 from wsgi_support import (
     RunningServer,
     exchange,
@@ -807,7 +808,7 @@ def test_100_blocking_requests_overlap(kind: str) -> None:
         start_response("200 OK", TEXT)
         return [body]
 
-    with socketloop.patched(), running(backend, kind) as back:
+    with quietly_patched(), running(backend, kind) as back:
         backend_port.append(back.port)
         with running(app, kind, backlog=512) as front:
             client_loop = socketloop.Loop()
