@@ -1253,7 +1253,8 @@ def serve(
     handler's (see ``handler``) and the server's (``backlog``,
     ``reuse_port``, ``max_connections``, ``tls``, ...).  The stop closes idle
     keep-alive connections at once and gives in-flight requests up to
-    ``grace`` seconds.  ``ready(server)`` is called once listening.  Blocks;
+    ``grace`` seconds.  ``ready(server)`` is called once listening (in-process
+    serving only).  Blocks;
     from the main OS thread only (it installs signal handlers).
     """
     import signal
@@ -1264,13 +1265,7 @@ def serve(
     if workers > 1:
         import socketloop
 
-        run_server = getattr(socketloop, "run_server", None)
-        if run_server is None:
-            raise RuntimeError(
-                "workers > 1 needs socketloop.run_server (worker processes), "
-                "which this installation of socketloop does not provide"
-            )
-        run_server(
+        socketloop.run_server(
             host,
             port,
             handler(app, multiprocess=True, **options),
