@@ -214,12 +214,16 @@ def launch(
 
 
 def test_serves_a_flask_app(run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int) -> None:
-    server = launch(run_gunicorn, tmp_path, backend, "-w", "1")
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "2", "--access-logfile", "-")
     with requests.Session() as session:
         for _ in range(3):  # over one keep-alive connection
-            response = session.get(server.url + "/", timeout=10)
+            response = session.get(server.url + "/?x=1", timeout=10)
             assert response.status_code == 200
     assert "socketloop.gunicorn.Worker" in server.log()
+    deadline = time.monotonic() + 10
+    while server.log().count('"GET /?x=1 HTTP/1.1" 200') < 3:  # gunicorn's access log
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.02)  # polling the log file, with a deadline
 
 
 @pytest.mark.timeout(120)
@@ -268,6 +272,20 @@ def test_sigterm_finishes_in_flight_requests(
     assert response.getheader("Connection") == "close"
     conn.close()
     assert server.process.wait(20) == 0
+
+
+def test_sigterm_closes_idle_keep_alive_connections_at_once(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "--keep-alive", "60")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/")
+    assert conn.getresponse().read()
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    conn.close()
+    assert time.monotonic() - started < 8  # not the 10 s graceful_timeout nor the 60 s keep-alive
 
 
 def test_sigint_stops_without_waiting_for_requests(
