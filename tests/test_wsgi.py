@@ -273,6 +273,45 @@ def test_wsgi_input_readline_and_iteration(kind: str) -> None:
     assert lines == [b"one\n", b"tw", [b"o\n", b"three\n", b"four"]]
 
 
+def test_http10_keep_alive_is_echoed(kind: str) -> None:
+    with running(sized_app, kind) as server, server.connect() as sock:
+        request = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        sock.sendall(request + request)
+        [(_, first, _), (_, _, body)] = read_responses(sock, 2)
+        assert first["Connection"] == "keep-alive"
+        assert body == b"hello\n"
+
+
+def test_https_sets_the_url_scheme(kind: str, tmp_path: Path) -> None:
+    from _servers import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    schemes = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        schemes.append(environ["wsgi.url_scheme"])
+        return hello_app(environ, start_response)
+
+    with running(app, kind, tls=certs.server_context()) as server:
+        url = f"https://localhost:{server.port}/"
+        assert requests.get(url, verify=certs.ca_file, timeout=10).content == b"hello\n"
+    assert schemes == ["https"]
+
+
+@pytest.mark.expect_errors
+def test_wsgi_errors_go_to_the_errors_logger(kind: str) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.errors"].write("first line\nsecond ")
+        environ["wsgi.errors"].write("line\n")
+        return hello_app(environ, start_response)
+
+    with running(app, kind) as server:
+        assert requests.get(server.url, timeout=10).status_code == 200
+        logged = [r.getMessage() for r in server.records() if r.name == "socketloop.wsgi.errors"]
+        assert logged == ["first line", "second line"]
+        server.forget_records()
+
+
 # ------------------------------------------------------- request bodies
 
 
@@ -459,6 +498,7 @@ def test_close_is_called_after_a_normal_response(kind: str) -> None:
         wait_for(body.closed.is_set)
 
 
+@pytest.mark.expect_errors
 def test_close_is_called_when_the_iterable_raises(kind: str) -> None:
     body = Tracked([b"a" * 100, b"b"], fail_after=1)
 
@@ -500,6 +540,7 @@ def test_client_disconnect_mid_response_is_quiet_and_closes(kind: str) -> None:
 # -------------------------------------------------- start_response rules
 
 
+@pytest.mark.expect_errors
 def test_start_response_twice_without_exc_info_is_an_error(kind: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", TEXT)
@@ -530,6 +571,7 @@ def test_start_response_with_exc_info_replaces_unsent_headers(kind: str) -> None
         assert response.content == b"sorry"
 
 
+@pytest.mark.expect_errors
 def test_start_response_with_exc_info_after_headers_reraises(kind: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         start_response("200 OK", TEXT)
@@ -553,6 +595,7 @@ def test_start_response_with_exc_info_after_headers_reraises(kind: str) -> None:
         server.forget_records()
 
 
+@pytest.mark.expect_errors
 def test_app_exception_is_500_logged_with_the_request_line(kind: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if environ["PATH_INFO"] == "/broken":
@@ -569,6 +612,7 @@ def test_app_exception_is_500_logged_with_the_request_line(kind: str) -> None:
         assert_server_goes_on(server)
 
 
+@pytest.mark.expect_errors
 def test_header_with_newline_from_the_app_is_500(kind: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("X-Bad", "a\r\nSet-Cookie: evil=1")])
