@@ -92,6 +92,8 @@ BENCH_VENV  ?= .bench-venv
 BENCH_PY    := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_PEERS := gevent uvloop trio matplotlib
+# WSGI rows (benchmarks/wsgi_bench.py): gunicorn and the parser; packaging for gunicorn -k gevent
+BENCH_PEERS += gunicorn httptools packaging
 ECHOLOAD ?=
 ECHOSERV ?=
 BENCH_ARGS ?=
@@ -113,6 +115,7 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/run.py $(BENCH_TOOLS) $(BENCH_ARGS)
 	$(BENCH_PY) benchmarks/micro.py
+	$(BENCH_PY) benchmarks/wsgi_bench.py --rounds 3 --apps hello,backend --workers 1,2 --out benchmarks/results/wsgi.json
 	$(BENCH_PY) benchmarks/update_readme.py
 
 # A smoke run of everything (a few minutes); results go to

@@ -1,4 +1,6 @@
-"""The command line: ``python -m socketloop demo`` and ``python -m socketloop get URL...``.
+"""The command line: ``python -m socketloop demo``, ``get URL...`` and ``wsgi MODULE:APP``.
+
+``wsgi`` serves a WSGI app with ``socketloop.wsgi`` (see ``--help``).
 
 ``get`` fetches http and https URLs concurrently (https verifies the server
 certificate against the system trust store, or ``--cacert``).
@@ -157,6 +159,133 @@ def get(urls: Sequence[str], timeout: float, cafile: str | None = None) -> int:
     return 1 if failed else 0
 
 
+def parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` -> (host, port); ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--bind wants HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def load_app(spec: str) -> Any:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted); the current directory is importable."""
+    import importlib
+    import os
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"the app must be given as MODULE:APP, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{spec} is not callable")
+    return target
+
+
+def serve_wsgi(args: argparse.Namespace) -> int:
+    import logging
+
+    from . import wsgi
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    host, port = parse_bind(args.bind)
+    app = load_app(args.app)
+    options: dict[str, Any] = {
+        "keepalive": args.keepalive,
+        "timeout": args.timeout,
+        "header_timeout": args.header_timeout,
+        "max_body_size": args.max_body_size,
+        "access_log": args.access_log,
+    }
+    if args.max_connections:
+        options["max_connections"] = args.max_connections
+    if args.certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.certfile, args.keyfile)
+        options["tls"] = context
+    wsgi.serve(app, host, port, workers=args.workers, grace=args.grace, **options)
+    return 0
+
+
+def _add_wsgi_parser(commands: Any) -> None:
+    from .wsgi import (
+        DEFAULT_GRACE,
+        DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_KEEPALIVE,
+        DEFAULT_MAX_BODY_SIZE,
+        DEFAULT_TIMEOUT,
+    )
+
+    parser = commands.add_parser(
+        "wsgi",
+        help="serve a WSGI app (MODULE:APP) with socketloop.wsgi",
+        description=(
+            "Serve the WSGI app MODULE:APP over HTTP/1.1, one socketloop thread per "
+            "connection. SIGTERM or SIGINT stops gracefully: no new connections, idle "
+            "keep-alive connections closed at once, in-flight requests get --grace "
+            "seconds and 'Connection: close'. Call socketloop.patch() in the app module "
+            "so that its blocking libraries wait cooperatively."
+        ),
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="e.g. myproject.wsgi:application")
+    parser.add_argument(
+        "--bind", "-b", default="127.0.0.1:8000", help="HOST:PORT to listen on (127.0.0.1:8000)"
+    )
+    parser.add_argument(
+        "--workers", "-w", type=int, default=1, help="worker processes (1: serve in-process)"
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log each request (Common Log Format)"
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=DEFAULT_KEEPALIVE,
+        help=f"seconds a connection may idle between requests; 0 disables ({DEFAULT_KEEPALIVE})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds one socket read/write may wait inside a request ({DEFAULT_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help=f"seconds for a complete request header block ({DEFAULT_HEADER_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=int,
+        default=DEFAULT_MAX_BODY_SIZE,
+        help=f"bytes; larger request bodies get 413 ({DEFAULT_MAX_BODY_SIZE})",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=0, help="connections served at once (no limit)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        help=f"seconds in-flight requests get at a stop ({DEFAULT_GRACE})",
+    )
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--keyfile", help="the private key of --certfile (PEM)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m socketloop", description="socketloop command line"
@@ -175,7 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     get_parser.add_argument(
         "--cacert", metavar="FILE", help="trust this CA bundle instead of the system's"
     )
+    try:
+        _add_wsgi_parser(commands)
+    except ImportError:  # no HTTP parser installed: the command says so when used
+        wsgi_parser = commands.add_parser("wsgi", help="serve a WSGI app (needs socketloop[wsgi])")
+        wsgi_parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "wsgi":
+        if not hasattr(args, "bind"):
+            import socketloop.wsgi  # noqa: F401  (raises the ImportError that says what to install)
+        return serve_wsgi(args)
     if args.command == "demo":
         return demo(args.pages, args.delay, args.dump)
     return get(args.urls, args.timeout, args.cacert)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 try:
@@ -39,6 +39,7 @@ from ._asocket import AsyncSocket, format_address
 from ._tls import AsyncTLSSocket
 
 __all__ = [
+    "DEFAULT_GRACE",
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_KEEPALIVE",
     "DEFAULT_MAX_BODY_SIZE",
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_REQUEST_LINE",
     "DEFAULT_TIMEOUT",
+    "SERVER_OPTIONS",
     "FileWrapper",
     "RequestBodyTooLarge",
     "WSGIHandler",
@@ -127,17 +129,9 @@ class _BadRequest(Exception):
         self.reason = reason
 
 
-class _StartResponse(Protocol):
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: tuple[type[BaseException], BaseException, TracebackType] | None = None,
-        /,
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+#: A WSGI application (``start_response`` is typed loosely so that apps typed
+#: against ``wsgiref.types`` or framework stubs fit).
+WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 #: ``on_response(environ, status, response_headers, body_bytes_sent, seconds)``
 ResponseHook = Callable[[dict[str, Any], str, list[tuple[str, str]], int, float], object]
 
@@ -403,7 +397,6 @@ class WSGIHandler:
             "wsgi.multithread": True,
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
             "wsgi.file_wrapper": FileWrapper,
             "SERVER_SOFTWARE": "socketloop.wsgi",
         }
@@ -418,6 +411,7 @@ class WSGIHandler:
             connection.serve()
         finally:
             self._connections.discard(connection)
+            connection.release()
 
     def server_closing(self) -> None:
         """End keep-alive: shut idle connections now, close busy ones after their response."""
@@ -494,6 +488,12 @@ class _Connection:
         # connection that sends nothing at all is the simplest slowloris.
         if handler.header_timeout is not None:
             self.header_deadline = time.monotonic() + handler.header_timeout
+
+    def release(self) -> None:
+        """Break the parser <-> connection cycle so the connection is freed at once."""
+        self.parser = None  # type: ignore[assignment]
+        self.ready.clear()
+        self.parsing = None
 
     # ---------------------------------------------------- parser callbacks
 
@@ -801,6 +801,10 @@ class _Connection:
             else:
                 environ[key] = text
         environ["wsgi.input"] = _Input(self, message)
+        if message.transfer_encodings:
+            # No CONTENT_LENGTH: this tells frameworks (werkzeug, Django)
+            # to read wsgi.input to its end, which is the body's end.
+            environ["wsgi.input_terminated"] = True
         return environ
 
     def respond(self, message: _Message) -> bool:
@@ -822,7 +826,7 @@ class _Connection:
                         close()
         except OSError as exc:
             if not (response.client_gone or self.client_error is not None):
-                return self._app_failed(response)
+                return self._app_failed(response, environ)
             # The client's doing (gone, or too slow): routine, one quiet line.
             where = "response to" if response.client_gone else "request body of"
             logger.debug(
@@ -840,7 +844,7 @@ class _Connection:
                 self.send_error(_BadRequest(413, str(exc)), message)
             return False
         except Exception:
-            return self._app_failed(response)
+            return self._app_failed(response, environ)
         elapsed = time.monotonic() - message.started
         self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
         if not response.keep_alive:
@@ -849,7 +853,7 @@ class _Connection:
             return self._drain(message)
         return True
 
-    def _app_failed(self, response: _Response) -> bool:
+    def _app_failed(self, response: _Response, environ: dict[str, Any]) -> bool:
         """Log the app's exception with the request line; answer 500 if still possible."""
         logger.error(
             "app raised on %r from %s",
@@ -859,6 +863,8 @@ class _Connection:
         )
         if self.conn.fileno() >= 0 and not response.headers_sent:
             response.send_internal_error()
+        elapsed = time.monotonic() - response.message.started
+        self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
         return False
 
     def _drain(self, message: _Message) -> bool:
@@ -1001,7 +1007,7 @@ class _Response:
                 raise ValueError(f"hop-by-hop header {name!r} is the server's to set")
         self.status = status
         self.status_code = code
-        self.headers = headers
+        self.headers = list(headers)  # the server adds framing headers: not to the app's list
         self.content_length = content_length
         if code in _NO_BODY_STATUS or code < 200:
             self.no_body = True
@@ -1013,6 +1019,18 @@ class _Response:
         message = self.message
         if connection.handler.closing:
             self.keep_alive = False
+        elif not message.complete and self.keep_alive:
+            # The app answers without reading the whole body: keeping the
+            # connection means reading the rest, which makes sense only
+            # for a small rest the client is sending anyway.
+            waiting = message.expect_continue and not message.continue_sent
+            rest = (
+                None
+                if message.content_length is None
+                else message.content_length - message.body_size
+            )
+            if waiting or rest is None or rest > DRAIN_LIMIT:
+                self.keep_alive = False
         self.chunked = chunked
         parts = [f"HTTP/1.1 {self.status}\r\n"]
         for name, value in self.headers:
@@ -1235,7 +1253,8 @@ def serve(
     handler's (see ``handler``) and the server's (``backlog``,
     ``reuse_port``, ``max_connections``, ``tls``, ...).  The stop closes idle
     keep-alive connections at once and gives in-flight requests up to
-    ``grace`` seconds.  ``ready(server)`` is called once listening.  Blocks;
+    ``grace`` seconds.  ``ready(server)`` is called once listening (in-process
+    serving only).  Blocks;
     from the main OS thread only (it installs signal handlers).
     """
     import signal
@@ -1246,13 +1265,7 @@ def serve(
     if workers > 1:
         import socketloop
 
-        run_server = getattr(socketloop, "run_server", None)
-        if run_server is None:
-            raise RuntimeError(
-                "workers > 1 needs socketloop.run_server (worker processes), "
-                "which this installation of socketloop does not provide"
-            )
-        run_server(
+        socketloop.run_server(
             host,
             port,
             handler(app, multiprocess=True, **options),

@@ -1,0 +1,351 @@
+"""WSGI servers side by side: socketloop.wsgi, gevent.pywsgi and gunicorn's workers.
+
+Usage (from the repository root, in a virtualenv with the peers installed:
+``make bench`` builds one with gevent and gunicorn)::
+
+    python benchmarks/wsgi_bench.py [--duration S] [--rounds N] [--connections C]
+                                    [--servers a,b] [--apps hello,backend]
+                                    [--workers 1,2] [--out FILE.json]
+
+Each server runs in a fresh process (gunicorn: the arbiter and its workers)
+pinned to CPU 0 with ``taskset``; ``wrk -t1 -c100`` runs pinned to CPU 1 over
+HTTP/1.1 keep-alive.  Apps: ``hello`` (a 14-byte answer) and ``backend`` (one
+blocking 5 ms HTTP call per request to a backend on CPU 1, so concurrency
+matters: socketloop servers call ``socketloop.patch()``, gevent ones
+``gevent.monkey.patch_all()``, gthread uses OS threads).  The figures are
+requests per second and the server's CPU milliseconds per 1,000 requests
+(user + system time of the server's processes over wrk's run, from
+/proc/PID/stat).  With ``--workers 2`` the server gets CPUs 0 and 1, which
+wrk shares: only CPU per request can be compared then, not the rate.
+
+Standard library only (the servers are child processes).  A server whose
+package is missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+SERVER_CPUS = {1: "0", 2: "0,1"}
+LOADGEN_CPU = "1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+#: The apps, as a module the servers import (``benchapp:hello`` etc.).
+APP_MODULE = textwrap.dedent(
+    """
+    import http.client, os
+
+    BODY = b"Hello, world!\\n"
+    BACKEND_PORT = int(os.environ.get("BENCH_BACKEND_PORT", "0"))
+
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(BODY)))])
+        return [BODY]
+
+    def backend(environ, start_response):
+        conn = http.client.HTTPConnection("127.0.0.1", BACKEND_PORT, timeout=30)
+        conn.request("GET", "/")
+        body = conn.getresponse().read()
+        conn.close()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    """
+)
+
+#: Patching preludes per server family (what a deployment would do).
+PATCH_SOCKETLOOP = "import socketloop; socketloop.patch()\n"
+PATCH_GEVENT = "from gevent import monkey; monkey.patch_all()\n"
+
+#: A 5 ms backend: socketloop.wsgi answering every request after a cooperative sleep.
+BACKEND = textwrap.dedent(
+    """
+    import sys, socketloop, socketloop.wsgi
+    def app(environ, start_response):
+        socketloop.sleep(0.005)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+        return [b"backend"]
+    socketloop.wsgi.serve(app, "127.0.0.1", int(sys.argv[1]), keepalive=60)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def server_argv(name: str, app: str, port: int, workers: int, directory: Path) -> list[str] | None:
+    """The command line of server ``name`` serving ``benchapp:<app>``; None if unavailable."""
+    py = sys.executable
+    prelude_sl = PATCH_SOCKETLOOP if app == "backend" else ""
+    prelude_gevent = PATCH_GEVENT if app == "backend" else ""
+    if name == "socketloop.wsgi":
+        if workers != 1 and not hasattr(__import__("socketloop"), "run_server"):
+            return None
+        code = (
+            f"{prelude_sl}import socketloop.wsgi, benchapp\n"
+            f"socketloop.wsgi.serve(benchapp.{app}, {HOST!r}, {port}, workers={workers})\n"
+        )
+        return [py, "-c", code]
+    if name == "gevent.pywsgi":
+        if workers != 1 or not has("gevent"):
+            return None
+        code = (
+            f"{PATCH_GEVENT}import benchapp\nfrom gevent.pywsgi import WSGIServer\n"
+            f"WSGIServer(({HOST!r}, {port}), benchapp.{app}, log=None, backlog=1024)"
+            ".serve_forever()\n"
+        )
+        return [py, "-c", code]
+    if not name.startswith("gunicorn-") or not has("gunicorn"):
+        return None
+    kind = name.removeprefix("gunicorn-")
+    worker_class = {
+        "socketloop": "socketloop.gunicorn.Worker",
+        "gevent": "gevent",
+        "gthread": "gthread",
+    }[kind]
+    if kind == "gevent" and not has("gevent"):
+        return None
+    module = "benchapp"
+    if app == "backend" and kind == "socketloop":
+        (directory / "benchapp_sl.py").write_text(prelude_sl + "from benchapp import *\n")
+        module = "benchapp_sl"
+    argv = [
+        py,
+        "-m",
+        "gunicorn",
+        "-k",
+        worker_class,
+        "-w",
+        str(workers),
+        "-b",
+        f"{HOST}:{port}",
+        "--backlog",
+        "1024",
+        "--keep-alive",
+        "60",
+        "--worker-connections",
+        "1000",
+        "--log-level",
+        "warning",
+    ]
+    if kind == "gthread":
+        argv += ["--threads", "100"]  # one OS thread per connection of the load
+    if "no_control_socket" in _gunicorn_settings():
+        argv.append("--no-control-socket")
+    del prelude_gevent  # gunicorn's gevent worker patches by itself
+    return [*argv, f"{module}:{app}"]
+
+
+def _gunicorn_settings() -> set[str]:
+    try:
+        import gunicorn.config
+    except ImportError:
+        return set()
+    return {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server never listened") from None
+            time.sleep(0.05)  # polling for readiness
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = task.read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            pids.extend(process_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def run_wrk(wrk: str, port: int, connections: int, seconds: float) -> dict[str, Any]:
+    argv = [
+        "taskset",
+        "-c",
+        LOADGEN_CPU,
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+    ]
+    argv.append(f"http://{HOST}:{port}/")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    out = done.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(rate.group(1)) if rate else 0.0,
+        "requests": int(total.group(1)) if total else 0,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def measure(
+    wrk: str, name: str, app: str, workers: int, args: argparse.Namespace, directory: Path
+) -> dict[str, Any] | None:
+    port = free_port()
+    argv = server_argv(name, app, port, workers, directory)
+    if argv is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(directory), str(ROOT / "src"), env.get("PYTHONPATH", "")]
+    )
+    env["BENCH_BACKEND_PORT"] = str(args.backend_port)
+    pinned = ["taskset", "-c", SERVER_CPUS[workers], *argv]
+    proc = subprocess.Popen(
+        pinned, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        try:
+            wait_listening(proc, port)
+        except RuntimeError as exc:
+            _, stderr = proc.communicate(timeout=30)
+            print(f"  {name}: {exc}:\n{stderr.decode(errors='replace')[-1500:]}")
+            return None
+        run_wrk(wrk, port, args.connections, min(1.0, args.duration))  # warm-up
+        pids = process_tree(proc.pid)
+        cpu0 = cpu_seconds(pids)
+        result = run_wrk(wrk, port, args.connections, args.duration)
+        cpu = cpu_seconds(pids) - cpu0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+    requests = max(result["requests"], 1)
+    result.update(
+        server=name,
+        app=app,
+        workers=workers,
+        cpu_ms_per_1k=round(cpu * 1e6 / requests, 1),
+        stderr_tail=stderr.decode(errors="replace")[-500:] if stderr else "",
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per row; the median wins (1)")
+    parser.add_argument("--connections", type=int, default=100, help="wrk connections (100)")
+    parser.add_argument(
+        "--servers",
+        default="socketloop.wsgi,gevent.pywsgi,gunicorn-socketloop,gunicorn-gevent,gunicorn-gthread",
+    )
+    parser.add_argument("--apps", default="hello", help="hello,backend")
+    parser.add_argument("--workers", default="1", help="worker counts, e.g. 1,2")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None or shutil.which("taskset") is None:
+        print("wsgi_bench: needs wrk and taskset (apt-get install wrk util-linux)")
+        return 2
+    rows: list[dict[str, Any]] = []
+    backend: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="wsgi-bench-") as tmp:
+        directory = Path(tmp)
+        (directory / "benchapp.py").write_text(APP_MODULE)
+        args.backend_port = 0
+        if "backend" in args.apps.split(","):
+            args.backend_port = free_port()
+            env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+            backend = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    LOADGEN_CPU,
+                    sys.executable,
+                    "-c",
+                    BACKEND,
+                    str(args.backend_port),
+                ],
+                env=env,
+            )
+            wait_listening(backend, args.backend_port)
+        try:
+            for app in args.apps.split(","):
+                for workers in (int(w) for w in args.workers.split(",")):
+                    for name in args.servers.split(","):
+                        runs = []
+                        for _ in range(args.rounds):
+                            row = measure(wrk, name, app, workers, args, directory)
+                            if row is None:
+                                break
+                            runs.append(row)
+                        if not runs:
+                            print(f"  {name:22} {app:8} w={workers}: skipped (not available)")
+                            continue
+                        runs.sort(key=lambda r: r["rps"])
+                        row = runs[len(runs) // 2]
+                        rows.append(row)
+                        print(
+                            f"  {name:22} {app:8} w={workers}: {row['rps']:9.0f} req/s  "
+                            f"{row['cpu_ms_per_1k']:7.1f} CPU ms/1k req  "
+                            f"errors: {row['non_2xx']} {row['socket_errors']}",
+                            flush=True,
+                        )
+        finally:
+            if backend is not None:
+                backend.terminate()
+                backend.wait(30)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
