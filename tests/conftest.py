@@ -34,7 +34,7 @@ import pytest
 import socketloop
 from socketloop import AsyncSocket, CoroLoop, Loop, Server, coro
 from socketloop._loop import _defaults as _loop_defaults
-from socketloop._loop import _live_loops
+from socketloop._scheduler import _live_loops
 
 LOOP_KINDS = ["asym", "coro", "asym-poll"]
 

@@ -63,7 +63,7 @@ from socketloop import (
     Thread,
     ThreadExit,
 )
-from socketloop._loop import FAIRNESS_BUDGET, MAX_POLL_TIMEOUT
+from socketloop._kernel import FAIRNESS_BUDGET, MAX_POLL_TIMEOUT
 from socketloop._loop import _defaults as _loop_defaults
 from socketloop._server import ACCEPT_BACKOFF_MIN, FATAL_ERRNOS, PER_CONNECTION_ERRNOS
 from socketloop._timers import MAX_DELAY
@@ -1689,7 +1689,7 @@ def test_resume_of_something_that_is_not_a_loop_thread_raises_type_error(loop: L
     assert not plain.dead  # never switched into
 
 
-def test_resume_of_a_thread_parked_in_socket_io_neither_fakes_readiness_nor_disturbs_it(
+def test_resume_of_a_thread_waiting_in_socket_io_neither_fakes_readiness_nor_disturbs_it(
     loop: Loop, pair: Pair
 ) -> None:
     """Scenario 31: the refused resume leaves the I/O wait intact; real data still ends it."""
@@ -1711,7 +1711,7 @@ def coro_loop() -> Iterator[CoroLoop]:
         lp.close()
 
 
-def test_transfer_to_a_thread_parked_in_socket_io_raises(coro_loop: CoroLoop) -> None:
+def test_transfer_to_a_thread_waiting_in_socket_io_raises(coro_loop: CoroLoop) -> None:
     """Scenario 31: ``transfer`` can no more fake readiness than ``resume`` can."""
     a, b = tcp_pair(coro_loop)
     try:

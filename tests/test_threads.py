@@ -17,7 +17,7 @@ import greenlet
 import pytest
 
 import socketloop
-import socketloop._loop as loop_module
+import socketloop._idle as idle_module
 from conftest import LOOP_KINDS, make_loop, wait_until_polling
 from socketloop import CoroLoop, Loop, Thread
 
@@ -638,19 +638,19 @@ def test_a_thread_that_raised_is_not_reused(loop: Loop, caplog: pytest.LogCaptur
 
     with caplog.at_level(logging.CRITICAL, logger="socketloop"):
         loop.newthread(fails)
-    assert loop._parked == []
+    assert loop._idle == []
     loop.newthread(lambda: seen.append(id(loop.current())))
-    assert len(loop._parked) == 1
+    assert len(loop._idle) == 1
 
 
 def test_the_loop_keeps_a_bounded_number_of_ended_threads(loop: Loop) -> None:
-    from socketloop._loop import IDLE_THREADS_KEPT
+    from socketloop._idle import IDLE_THREADS_KEPT
 
     blockers = [loop.newthread(loop.suspend) for _ in range(IDLE_THREADS_KEPT + 10)]
     for thread in blockers:
         loop.resume(thread)
     del thread, blockers
-    assert len(loop._parked) == IDLE_THREADS_KEPT
+    assert len(loop._idle) == IDLE_THREADS_KEPT
 
 
 def test_attributes_set_on_a_thread_do_not_reach_a_later_thread(loop: Loop) -> None:
@@ -784,8 +784,8 @@ def test_a_loop_driven_from_a_dropped_greenlet_is_collected(kind: str) -> None:
 def test_a_kept_handle_is_never_reused_even_if_the_first_reuse_finds_the_list_full(
     loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loop_module, "_parked_refs", None)  # measure again, here
-    handles = [loop.newthread(loop.suspend) for _ in range(loop_module.IDLE_THREADS_KEPT)]
+    monkeypatch.setattr(idle_module, "_idle_refs", None)  # measure again, here
+    handles = [loop.newthread(loop.suspend) for _ in range(idle_module.IDLE_THREADS_KEPT)]
     for thread in handles:
         loop.resume(thread)  # all end and park; the list is full
     loop.newthread(lambda: None)  # the first reuse: the measurement happens now
@@ -800,7 +800,7 @@ def test_a_kept_handle_is_never_reused_even_if_the_first_reuse_finds_the_list_fu
 def test_reuse_waits_for_a_tracer_to_leave_before_measuring(
     loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loop_module, "_parked_refs", None)
+    monkeypatch.setattr(idle_module, "_idle_refs", None)
 
     def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
         frame.f_locals  # noqa: B018 - a debugger's tracer keeps frame locals alive
@@ -812,7 +812,7 @@ def test_reuse_waits_for_a_tracer_to_leave_before_measuring(
         loop.newthread(lambda: None)
     finally:
         sys.settrace(None)
-    assert loop_module._parked_refs is None
+    assert idle_module._idle_refs is None
     seen: list[int] = []
     loop.newthread(lambda: seen.append(id(loop.current())))
     loop.newthread(lambda: seen.append(id(loop.current())))
@@ -822,7 +822,7 @@ def test_reuse_waits_for_a_tracer_to_leave_before_measuring(
 def test_closing_the_loop_ends_the_greenlets_of_ended_threads() -> None:
     lp = Loop()
     lp.newthread(lambda: None)
-    parked = list(lp._parked)
+    parked = list(lp._idle)
     assert parked
     lp.close()
     assert all(greenlet.greenlet.dead.__get__(g) for g in parked)

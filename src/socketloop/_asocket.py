@@ -8,7 +8,7 @@ the system call first and waits only when it reports EAGAIN; how the wait
 happens depends on who calls:
 
 - from a loop thread: the thread is suspended through its loop
-  (``Loop._wait_fd``) and the other threads keep running;
+  (``Kernel._wait_fd``) and the other threads keep running;
 - from code outside any loop thread (the main program, another OS thread):
   the call blocks like a plain socket, honouring the timeout;
 - from a loop callback (the dispatcher itself): ``RuntimeError``, because
@@ -39,14 +39,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenlet import getcurrent, greenlet
 
 from . import _originals
+from ._address import format_address, is_numeric_host
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
-from ._loop import Loop, _is_numeric_host, is_dispatching
+from ._kernel import is_dispatching
 from ._threads import Thread
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = ["AsyncSocket", "format_address"]
 
@@ -76,17 +80,15 @@ _SSLSOCKET_CREATE: Any = getattr(
     getattr(getattr(ssl.SSLSocket, "_create", None), "__func__", None), "__code__", None
 )
 
+#: ``_tls.starttls``, registered by ``_tls`` when it is imported: the TLS
+#: socket class sits above this one, so this module must not import it.
+_starttls: Callable[..., Any] | None = None
 
-def format_address(address: Any) -> str:
-    """``host:port`` for IP addresses (``[v6]:port``), the path for Unix sockets."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        if isinstance(host, str) and ":" in host:
-            return f"[{host}]:{port}"
-        return f"{host}:{port}"
-    if isinstance(address, bytes):
-        return address.decode(errors="backslashreplace")
-    return str(address)
+
+def register_starttls(implementation: Callable[..., Any]) -> None:
+    """Called by ``_tls`` at import: the body of ``AsyncSocket.starttls``."""
+    global _starttls
+    _starttls = implementation
 
 
 def _connect_error(err: int, address: Any) -> OSError:
@@ -666,16 +668,16 @@ class AsyncSocket:
         Raises ``ssl.SSLError`` (``ssl.SSLCertVerificationError``) or
         ``TimeoutError``; the socket is closed then.
         """
-        from ._tls import starttls
-
-        return starttls(self, context, server_hostname, server_side, **options)
+        if _starttls is None:  # pragma: no cover - _tls is imported with the package
+            raise RuntimeError("TLS support is not loaded (import socketloop)")
+        return _starttls(self, context, server_hostname, server_side, **options)
 
     def _resolve(self, address: Any) -> Any:
         """Resolve a host name in an IP address off the loop (CPython would block)."""
         if type(address) is not tuple or len(address) < 2 or not isinstance(address[0], str):
             return address
         host = address[0]
-        if not host or _is_numeric_host(host):
+        if not host or is_numeric_host(host):
             return address
         family = _RAW_FAMILY.__get__(self.socket)
         if family not in (_socket.AF_INET, _socket.AF_INET6):
@@ -805,7 +807,7 @@ class AsyncSocket:
                         # before the loop drops the old registration.
                         loop.call_soon_threadsafe(self._close_in_loop)
                         return
-                    loop._forget_socket(self, fd)
+                    loop._closing(self, fd)
             else:
                 self._forget(fd)
         sock.close()
@@ -816,7 +818,7 @@ class AsyncSocket:
         if fd >= 0:
             loop = self._loop
             if loop is not None and not loop._closed:
-                loop._forget_socket(self, fd)
+                loop._closing(self, fd)
         self.socket.close()
 
     # Loop.close() runs such pending calls instead of dropping them: the fd
@@ -833,7 +835,7 @@ class AsyncSocket:
 
     def _forget(self, fd: int, closing: bool = True) -> None:
         for loop in self._loops():
-            loop._forget_socket(self, fd, closing)
+            loop._closing(self, fd, closing)
 
     def detach(self) -> int:
         """Release the fd without closing it (waiters get ``OSError(EBADF)``); return it."""

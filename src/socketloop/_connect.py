@@ -19,12 +19,15 @@ import queue as _queue
 import socket as _socket
 import ssl as _ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _originals
 from ._asocket import AsyncSocket
-from ._loop import Loop
 from ._threads import Thread
+from ._tls import create_default_context
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = ["HAPPY_EYEBALLS_DELAY", "open_connection", "open_unix_connection"]
 
@@ -220,8 +223,6 @@ def _start_client_tls(
     deadline: float | None,
 ) -> AsyncSocket:
     if tls is True:
-        from .ssl import create_default_context
-
         context: _ssl.SSLContext = create_default_context()
     elif isinstance(tls, _originals.SSLContext):
         context = tls

@@ -1,7 +1,9 @@
 """The symmetric-coroutine loop: same API as ``Loop`` plus ``transfer``.
 
-Charter: redefine the four thread primitives for symmetric coroutines and
-nothing else; sockets, timers and dispatch are inherited unchanged.
+Charter: say who the loop thread is (the one piece of state the symmetric
+model adds) and offer ``transfer``; nothing else.  Thread states are written
+by the kernel (``_resume_into``, ``_transfer``); sockets, timers and dispatch
+are inherited unchanged.
 
 The model (after Lua's ``coro`` module as used by socketloop):
 
@@ -21,8 +23,8 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-from ._loop import FAIRNESS_BUDGET, Loop
-from ._threads import NORMAL, RUNNING, SUSPENDED, Thread
+from ._loop import Loop
+from ._threads import NORMAL, Thread
 
 __all__ = ["CoroLoop"]
 
@@ -40,35 +42,24 @@ class CoroLoop(Loop):
     def _loop_target(self) -> greenlet:
         target = self._loop_thread
         if target is None or target.dead:
-            target = self._check()
+            target = self._claim()
         return target
 
-    # Parking is inherited unchanged: a thread hands control to its
-    # ``_resumer``, and every way into a symmetric thread sets that to the
-    # loop thread of the moment (the dispatcher, the caller of
+    # Switching out is the kernel's, unchanged: a thread hands control to
+    # its ``_resumer``, and every way into a symmetric thread sets that to
+    # the loop thread of the moment (the dispatcher, the caller of
     # resume/newthread, or for ``transfer`` the current loop thread).  It
     # cannot go stale: the binding only changes inside resume()/newthread()
     # calls the thread itself makes, which restore it before returning.
 
     def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
-        current = getcurrent()
-        caller = current if isinstance(current, Thread) else None
+        # The caller is the loop thread while the resumed thread runs.
         saved = self._loop_thread
-        self._loop_thread = current
-        thread._resumer = current
-        thread._state = RUNNING
-        self._budget = FAIRNESS_BUDGET
-        if caller is not None:
-            caller._state = NORMAL
+        self._loop_thread = getcurrent()
         try:
-            value = thread.switch(arg)
+            return super()._resume_into(thread, arg)
         finally:
             self._loop_thread = saved
-            if caller is not None and caller._state == NORMAL:
-                caller._state = RUNNING
-        if caller is not None:
-            self._deliver_pending_kill(caller)
-        return value
 
     def _step(self, timeout: float | None) -> bool:
         saved = self._loop_thread
@@ -86,7 +77,7 @@ class CoroLoop(Loop):
         it is resumed.  Raises ``RuntimeError`` for the running thread, a dead
         one, or one waiting in an async call or scheduled by the loop.
         """
-        self._check()
+        self._claim()
         current = getcurrent()
         if thread is current:
             raise RuntimeError(f"cannot transfer to {thread!r}: it is the running thread")
@@ -94,14 +85,6 @@ class CoroLoop(Loop):
             pass  # waiting in resume()/newthread() for control to come back: allowed
         else:
             self._check_resumable(thread, "transfer to")
-        if isinstance(current, Thread) and current._loop is self:
-            current._state = SUSPENDED
         # Not the caller: a transferred-to thread that suspends or ends goes
         # to the loop thread, not back to whoever transferred to it.
-        thread._resumer = self._loop_target()
-        thread._state = RUNNING
-        self._budget = FAIRNESS_BUDGET
-        value = thread.switch(arg)
-        if isinstance(current, Thread):
-            self._deliver_pending_kill(current)
-        return value
+        return self._transfer(thread, arg, self._loop_target())

@@ -24,8 +24,8 @@ from typing import Any
 from greenlet import getcurrent, greenlet
 
 from . import _originals
-from ._loop import _TIMEOUT
-from ._threads import WAITING, Thread
+from ._kernel import TIMED_OUT
+from ._threads import Thread
 
 __all__ = ["HybridLock", "HybridRLock"]
 
@@ -62,21 +62,10 @@ class HybridLock:
                 self._waiters.append(thread)
             # The release may come from another OS thread: the loop must keep
             # polling for it, like for any outside work.
-            loop._external_waits += 1
-            handle = None
-            if deadline is not None:
-                handle = loop._timers.add(deadline, loop._wait_expired, (thread,))
             woken = False
             try:
-                thread._state = WAITING
-                thread._waiting_on = self
-                value = loop._park(thread)
-                woken = value is not _TIMEOUT
+                woken = loop._block(thread, self, deadline, external=True) is not TIMED_OUT
             finally:
-                loop._external_waits -= 1
-                thread._waiting_on = None
-                if handle is not None:
-                    handle.cancel()
                 with self._guard:
                     try:
                         self._waiters.remove(thread)
@@ -97,7 +86,7 @@ class HybridLock:
         # Called with _guard held.
         if self._waiters:
             thread = self._waiters.popleft()
-            thread._loop.call_soon_threadsafe(thread._loop._external_done, thread, self)
+            thread._loop._wake_threadsafe(thread, self)
 
     def locked(self) -> bool:
         return self._lock.locked()

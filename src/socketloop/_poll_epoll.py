@@ -1,7 +1,7 @@
 """The epoll backend (Linux): edge-triggered, one registration per socket.
 
 Charter: turn "is fd N ready?" into kernel calls and nothing else.  It keeps no
-waiter state; the loop owns that.
+waiter state; the kernel owns that (``_driver`` declares the interface).
 
 Why edge-triggered and registered once
 --------------------------------------

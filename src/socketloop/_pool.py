@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from greenlet import getcurrent
 
 from . import _originals
-from ._threads import WAITING, Thread
+from ._threads import Thread
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -72,7 +72,6 @@ class ThreadPool:
             raise RuntimeError("this loop is closed")
         future = self._get_executor().submit(fn, *args, **kwargs)
         self.active += 1
-        loop._external_waits += 1
         # The wake-up is posted only while the caller still waits for it: a
         # call that is already done when the callback is added, or a caller
         # killed meanwhile, must leave nothing in the loop's queue.
@@ -83,7 +82,7 @@ class ThreadPool:
         def arrive() -> None:  # runs in the loop's OS thread
             nonlocal arrived
             arrived = True
-            loop._external_done(current, future)
+            loop._wake_now(current, future)
 
         def done(_: concurrent.futures.Future[R]) -> None:
             nonlocal arrived
@@ -98,14 +97,10 @@ class ThreadPool:
         future.add_done_callback(done)
         try:
             while not arrived:
-                current._state = WAITING
-                current._waiting_on = future
-                loop._park(current)
+                loop._block(current, future, external=True)
         finally:
             with lock:
                 waiting = False
-            current._waiting_on = None
-            loop._external_waits -= 1
             self.active -= 1
             future.cancel()  # only succeeds if it never started
         return future.result()

@@ -15,18 +15,24 @@ import socket as _socket
 import ssl
 import stat
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _originals
-from ._asocket import AsyncSocket, format_address
+from ._address import format_address
+from ._asocket import AsyncSocket
 from ._errors import require_callable
-from ._loop import Loop
 from ._sync import Event
-from ._threads import WAITING, Thread
+from ._threads import Thread
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = ["Server", "bind_socket"]
 
 logger = logging.getLogger("socketloop")
+
+#: What a connection thread over ``max_connections`` waits on (and how dump() says it).
+_SLOT_WAIT = "a free connection slot"
 
 #: Listen backlog: as deep as the OS allows, so bursts wait in the kernel
 #: instead of being refused while the accept thread is busy.
@@ -299,10 +305,7 @@ class Server:
                 os.unlink(self._unix_path)
             except OSError:
                 pass
-        waiter = self._slot_waiter
-        if waiter is not None and waiter._state == WAITING:
-            self._slot_waiter = None
-            self._loop._schedule(waiter)
+        self._wake_slot_waiter()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting at once, let handlers finish, then close their connections.
@@ -466,20 +469,16 @@ class Server:
 
     def _wake_slot_waiter(self) -> None:
         waiter = self._slot_waiter
-        if waiter is not None and waiter._state == WAITING:
+        if waiter is not None and self._loop._wake(waiter, source=_SLOT_WAIT):
             self._slot_waiter = None
-            self._loop._schedule(waiter)
 
     def _wait_for_slot(self) -> None:
         thread = self._loop.current()
         assert thread is not None
         self._slot_waiter = thread
-        thread._state = WAITING
-        thread._waiting_on = "a free connection slot"
         try:
-            self._loop._park(thread)
+            self._loop._block(thread, _SLOT_WAIT)
         finally:
-            thread._waiting_on = None
             if self._slot_waiter is thread:
                 self._slot_waiter = None
 

@@ -30,13 +30,16 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from greenlet import getcurrent, greenlet
 
 from ._errors import DeadlockError
-from ._loop import _TIMEOUT, Loop, is_dispatching, loops_of_this_os_thread
-from ._threads import WAITING, Thread
+from ._kernel import TIMED_OUT, is_dispatching, loops_of_this_os_thread
+from ._threads import Thread
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = [
     "BoundedSemaphore",
@@ -88,12 +91,10 @@ class _WaitQueue:
         while waiters:
             waiter = waiters.popleft()
             thread = waiter.thread
-            if thread is not None and thread._state != WAITING:
+            if thread is not None and not thread._loop._wake(thread):
                 continue  # interrupted (killed, timed out): it is on its way out
             waiter.granted = True
             waiter.value = value
-            if thread is not None:
-                thread._loop._schedule(thread)
             return waiter
         return None
 
@@ -126,17 +127,12 @@ class _WaitQueue:
         self._loop_hint = loop
         waiter = _Waiter(thread, thread)
         self._waiters.append(waiter)
-        handle = (
-            None if deadline is None else loop._timers.add(deadline, loop._wait_expired, (thread,))
-        )
         try:
             while True:
-                thread._state = WAITING
-                thread._waiting_on = primitive
-                value = loop._park(thread)
+                value = loop._block(thread, primitive, deadline)
                 if waiter.granted:
                     return waiter
-                if value is _TIMEOUT:
+                if value is TIMED_OUT:
                     raise TimeoutError(f"timed out waiting for {primitive!r}")
                 # A wake-up without a grant: wait again (keeping the turn if
                 # the queue still holds it).
@@ -147,10 +143,6 @@ class _WaitQueue:
             if waiter.granted and give_back is not None:
                 give_back(waiter)
             raise
-        finally:
-            thread._waiting_on = None
-            if handle is not None:
-                handle.cancel()
 
     def _wait_outside(
         self,

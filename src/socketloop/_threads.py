@@ -4,7 +4,8 @@ Charter: a ``Thread`` runs one handler on its own stack, records how it ended
 (result or exception) and who waits for that, and knows its state.  It does
 not schedule itself: every switch into a thread is made by the loop (dispatch,
 ``resume``, ``transfer``, ``newthread``), which is why the state transitions
-below are written by the loop and only read here.
+below are written by the kernel (``_scheduler``, ``_kernel``) and only
+read here.
 
 States::
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from ._address import format_address
 from ._errors import ThreadExit
 
 if TYPE_CHECKING:
@@ -83,14 +85,14 @@ class Thread(greenlet, Generic[T]):
 
     def __init__(
         self,
-        loop: Loop,
+        loop: Any,  # the Loop (a kernel subclass) creating it
         fn: Callable[..., T],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent: greenlet,
     ) -> None:
         super().__init__(_thread_main, parent)
-        self._loop = loop
+        self._loop: Loop = loop
         self._reset(fn, args, kwargs, parent)
 
     def _reset(
@@ -113,7 +115,8 @@ class Thread(greenlet, Generic[T]):
         self._result: T | None = None
         self._exc: BaseException | None = None
         self._joiners: list[Thread[Any]] | None = None
-        #: What a WAITING thread waits on (a socket, a primitive, a description).
+        #: What a WAITING thread waits on: the ``source`` of ``Kernel._block``
+        #: (its identity, and its description for dump()), or a socket.
         self._waiting_on: object = None
         #: Value or exception delivered when a READY thread is switched into.
         self._wake_value: object = None
@@ -123,7 +126,7 @@ class Thread(greenlet, Generic[T]):
         #: A kill() aimed at this thread while it was resuming another one.
         self._pending_kill: BaseException | None = None
 
-    #: While parked for reuse: a weak reference to the loop (see Loop._keep_parked).
+    #: While idle (kept for reuse): a weak reference to the loop (see _idle).
     _home: Callable[[], Loop | None]
 
     # greenlet's truth value means "started and not dead"; a Thread object is
@@ -134,8 +137,8 @@ class Thread(greenlet, Generic[T]):
     @property
     def dead(self) -> bool:
         """True once the handler has ended (greenlet's ``dead``, for a thread)."""
-        # An ended thread's greenlet may be parked for reuse (see
-        # Loop._keep_parked) and so not dead for greenlet itself.
+        # An ended thread's greenlet may be kept in the idle pool for reuse
+        # (see _idle) and so not dead for greenlet itself.
         return self._state == DEAD or _greenlet_dead(self)
 
     def _run_handler(self) -> bool:
@@ -164,7 +167,7 @@ class Thread(greenlet, Generic[T]):
         except GreenletExit:
             # Killed the same way, or by greenlet itself, which throws
             # GreenletExit into a suspended greenlet it is about to free:
-            # then the greenlet must end, not be parked for reuse.
+            # then the greenlet must end, not be kept for reuse.
             return False
         except BaseException as exc:
             self._exc = exc
@@ -190,8 +193,6 @@ class Thread(greenlet, Generic[T]):
         if isinstance(name, tuple):
             first, second = name
             if isinstance(first, str):  # (label, address): a server's connection thread
-                from ._asocket import format_address
-
                 name = f"{first} {format_address(second)}"
             else:
                 fn_name = getattr(second, "__qualname__", None) or getattr(second, "__name__", None)
@@ -212,7 +213,7 @@ class Thread(greenlet, Generic[T]):
         meanwhile, this is None.)
         """
         loop: Loop | None = self._loop
-        if loop is None:  # parked for reuse: see Loop._keep_parked
+        if loop is None:  # kept in the idle pool: see _idle
             loop = self._home()
         return loop  # type: ignore[return-value]  # None only once the loop is gone
 
@@ -272,9 +273,9 @@ class Thread(greenlet, Generic[T]):
 def _thread_main(*_switch_args: object) -> None:
     """What every thread's greenlet runs: handlers, one after another.
 
-    After a handler ends, the loop may keep the greenlet parked here and
-    later hand it a new thread to run (see ``Loop._keep_parked``).  While
-    parked, no local variable refers to the thread or its loop: a parked
+    After a handler ends, the loop may keep the greenlet waiting here, in
+    its idle pool, and later hand it a new thread to run (see ``_idle``).
+    While idle, no local variable refers to the thread or its loop: an idle
     greenlet that nothing else refers to is freed (greenlet then ends it
     with ``GreenletExit``), and it never keeps a dropped loop alive.
     """
@@ -286,14 +287,14 @@ def _thread_main(*_switch_args: object) -> None:
         reusable = thread._run_handler()
         loop = thread._loop
         loop._thread_finished(thread)
-        if not (reusable and loop._keep_parked(thread)):
+        if not (reusable and loop._keep_idle(thread)):
             return
         del thread, loop
         thread = _wait_for_reuse()
 
 
 def _wait_for_reuse() -> Thread[Any]:
-    """Park the current greenlet until it is given a new thread to run; return that."""
+    """Keep the current greenlet idle until it is given a new thread to run; return that."""
     value: object = None
     while True:
         # Control goes where the ending would have sent it: the greenlet

@@ -17,12 +17,14 @@ from __future__ import annotations
 import errno
 import socket as _socket
 import ssl as _ssl
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _originals
-from ._asocket import _UNSET, AsyncSocket
+from ._asocket import _UNSET, AsyncSocket, register_starttls
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
-from ._loop import Loop
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = ["AsyncTLSSocket", "starttls"]
 
@@ -355,7 +357,7 @@ def starttls(
     raw = asock.socket
     fd = raw.fileno()
     for loop in asock._loops():
-        if loop._readers.get(fd) is not None or loop._writers.get(fd) is not None:
+        if loop._has_waiter(fd):
             raise BusyResourceError(f"cannot start TLS while a thread waits on {asock!r}")
     # As with ssl.SSLSocket, a socket not connected yet handshakes in
     # connect() (or, listening, in accept()), not now.
@@ -405,3 +407,74 @@ def wrap_new(
 ) -> AsyncTLSSocket:
     """Wrap a plain ``socket.socket`` and start TLS on it."""
     return starttls(AsyncSocket(sock, loop), context, **kwargs)
+
+
+def cooperative_wrap_socket(
+    self: _ssl.SSLContext,
+    sock: Any,
+    server_side: bool = False,
+    do_handshake_on_connect: bool = True,
+    suppress_ragged_eofs: bool = True,
+    server_hostname: str | bytes | None = None,
+    session: _ssl.SSLSession | None = None,
+) -> Any:
+    """``SSLContext.wrap_socket`` that turns an ``AsyncSocket`` into an ``AsyncTLSSocket``.
+
+    For an async socket the handshake (when ``do_handshake_on_connect``)
+    suspends only the calling loop thread, within the socket's timeout; any
+    other socket is wrapped exactly as the standard library does.
+    """
+    if isinstance(sock, AsyncSocket):
+        hostname = (
+            server_hostname.decode("idna")
+            if isinstance(server_hostname, bytes)
+            else server_hostname
+        )
+        return starttls(
+            sock,
+            self,
+            hostname,
+            server_side,
+            do_handshake=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            session=session,
+        )
+    return _originals.SSLContext_wrap_socket(
+        self,
+        sock,
+        server_side=server_side,
+        do_handshake_on_connect=do_handshake_on_connect,
+        suppress_ragged_eofs=suppress_ragged_eofs,
+        server_hostname=server_hostname,
+        session=session,
+    )
+
+
+class SSLContext(_ssl.SSLContext):
+    """``ssl.SSLContext`` whose ``wrap_socket`` also takes socketloop sockets."""
+
+    wrap_socket = cooperative_wrap_socket
+
+
+def create_default_context(
+    purpose: _ssl.Purpose = _ssl.Purpose.SERVER_AUTH,
+    *,
+    cafile: str | None = None,
+    capath: str | None = None,
+    cadata: str | bytes | None = None,
+) -> SSLContext:
+    """``ssl.create_default_context`` returning a cooperative ``SSLContext``.
+
+    The settings are exactly the standard library's (certificate and host
+    name verification for ``SERVER_AUTH``, system trust store unless CA
+    locations are given): the context is made by it and then given this
+    module's class, which only adds how ``wrap_socket`` treats async sockets.
+    """
+    context = _originals.create_default_context(
+        purpose, cafile=cafile, capath=capath, cadata=cadata
+    )
+    context.__class__ = SSLContext
+    return context  # type: ignore[return-value]
+
+
+register_starttls(starttls)

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from greenlet import getcurrent
 
 from . import _originals
-from ._loop import _live_loops
+from ._kernel import open_loops
 from ._server import DEFAULT_BACKLOG, STOP_UNWIND_TIMEOUT, bind_socket
 from ._threads import Thread
 
@@ -130,9 +130,7 @@ def check_can_fork() -> None:
     they are in).  Other OS threads are logged as a warning.
     """
     problems: list[str] = []
-    for loop in list(_live_loops):
-        if loop.closed:
-            continue
+    for loop in open_loops():
         if loop.running:
             problems.append(f"{loop!r} is running")
         threads = loop.threads()

@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 from greenlet import getcurrent
 
 from . import _originals
+from ._address import is_numeric_host
 from ._asocket import AsyncSocket
-from ._loop import Loop, _is_numeric_host
+from ._loop import Loop
 from ._threads import Thread
 
 _exported = [name for name in _stdlib_socket.__all__ if name != "socket"]
@@ -120,7 +121,7 @@ def getaddrinfo(
 
 def gethostbyname(hostname: str) -> str:
     """``socket.gethostbyname``, resolving off the loop in loop threads."""
-    if _is_numeric_host(hostname):
+    if is_numeric_host(hostname):
         return _originals.gethostbyname(hostname)
     loop = _calling_loop()
     if loop is None:

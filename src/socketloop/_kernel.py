@@ -1,0 +1,811 @@
+"""The kernel: threads, the ready queue, the fd waiter tables and the dispatcher.
+
+Charter
+-------
+``Kernel`` is the one place that switches into loop threads and writes their
+states.  ``step()`` polls the I/O driver once and switches into every thread
+whose wait is over; nothing else in the package decides when a thread runs.
+The kernel knows sockets only as file descriptors plus an identity used to
+tell a stale registration from a live one; socket logic (try the system call
+first, timeouts, the close protocol) lives in ``_asocket``, readiness in the
+driver (``_driver``), greenlet reuse in ``_idle``.
+
+What must stay out of it: sockets, servers, name resolution, OS-thread
+pools, TLS, timeout scopes, signals other than Ctrl-C, introspection
+reports.  Those are layers above (``_loop`` is the façade that assembles
+them) and reach the kernel only through the service surface below.  The
+kernel imports nothing above ``_threads``, ``_timers``, ``_idle``,
+``_wakeup``, ``_driver``, ``_forking`` and ``_signals``.
+
+Service surface (for the layers above; underscored only because ``Loop``
+inherits it and users must not call it)
+-------------------------------------------------------------------------
+Blocking and waking, the one wait protocol:
+
+- ``_block(thread, source, deadline=None, *, external=False)``: switch the
+  running ``thread`` out until someone wakes it; ``source`` is what it waits
+  on (its identity, and its description in ``dump()``: a string is used as
+  is).  Returns the value given to ``_wake``, or ``TIMED_OUT`` when the
+  deadline passed; raises the exception given to ``_wake``/``_interrupt``.
+  ``external=True`` says the wake-up comes from another OS thread (it keeps
+  ``start()`` running while nothing else is pending).  The caller re-checks
+  its own condition and cleans up in ``finally``: every way out of a wait
+  (wake, deadline, kill, timeout scope) passes through there.
+- ``_wake(thread, value=None, exc=None, source=None)``: end the wait of a
+  blocked thread at the next dispatch (only if it waits on ``source``, when
+  given); False when it was not waiting.
+- ``_wake_threadsafe(thread, source)``: the same from any OS thread;
+  ``_wake_now(thread, source)`` from a loop callback (switches at once).
+- ``_interrupt(thread, error, priority=)``: raise ``error`` where a thread is
+  suspended (kill, timeout scopes, deadlock).
+- ``_current_or_raise(what)``, ``_refuse_in_dispatcher(g, what)``: the
+  checks a blocking call makes first.
+
+File descriptors (the hot path of ``AsyncSocket``):
+
+- ``_wait_fd(thread, sock, fd, writing, deadline)`` returns the driver's
+  event mask; ``_wait_fds(...)`` for cooperative ``select``/``poll``.
+- ``_closing(sock, fd, closing=True)``: "this fd is closing (or detached)":
+  its waiters fail with ``OSError(EBADF)``, events already fetched for it are
+  dropped.  ``_wake_reader(sock, fd)`` after ``shutdown``;
+  ``_has_waiter(fd)``.
+- Counters read (and, for ``_budget``, decremented) inline by the socket
+  layer, all on this one object: ``_turn`` (polls so far), ``_budget`` (then
+  ``_yield_for_fairness()`` at zero), ``_HANGUP``, ``_closed``.
+
+Hooks other layers register: ``_on_close(fn)`` (run by ``close()`` before
+the driver is released), ``_on_fork(fn)`` (run in a forked child after the
+kernel reset itself), ``_on_idle(fn)`` (``start()`` found nothing pending:
+return True if you made progress possible).  Introspection:
+``_describe_wait(thread)``, ``_has_pending()``, ``_has_ready_besides(t)``,
+``_polling``, ``_dispatching``, ``_owner``.  The driver seam for a host
+event loop: ``_poller.fileno()``, ``step(0)`` and ``_next_timeout(None)``
+(see ``_driver``).
+
+How a thread waits and wakes
+----------------------------
+A thread that waits on an fd records itself in ``_readers[fd]`` or
+``_writers[fd]`` (at most one per direction: a second waiter gets
+``BusyResourceError``), is set WAITING and switches out to whoever resumed
+it last (the Lua model: ``newthread``/``resume`` callers, or the
+dispatcher).  The dispatcher pops the waiter when the driver reports the fd
+and switches straight into it; there is no intermediate callback or queue on
+this path.  Everything that ends a wait other than readiness (timeout,
+close, kill) goes through the waiting thread's own ``finally`` block, so the
+tables never keep a thread that is not waiting.  The kernel holds no
+reference to idle sockets: a socket nobody waits on is garbage collected
+exactly like a plain one.
+
+Ordering within one ``step()``: poll, I/O wake-ups, cross-thread calls,
+expired timers, then the threads and callbacks that were ready when the step
+began (anything made ready while running waits for the next step, so a
+``sleep(0)`` loop cannot starve I/O or timers).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+from . import _forking, _signals
+from ._driver import Driver, make_driver
+from ._errors import BusyResourceError, ThreadExit, closed_error, require_callable
+from ._scheduler import (
+    FAIRNESS_BUDGET,
+    TIMED_OUT,
+    Scheduler,
+    _live_loops,
+    _Sentinel,
+    is_dispatching,
+    loops_of_this_os_thread,
+    open_loops,
+)
+from ._threads import (
+    DEAD,
+    RUNNING,
+    WAITING,
+    Thread,
+)
+from ._timers import TimerHandle
+from ._wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from ._asocket import AsyncSocket
+
+__all__ = [
+    "FAIRNESS_BUDGET",
+    "MAX_POLL_TIMEOUT",
+    "TIMED_OUT",
+    "Kernel",
+    "is_dispatching",
+    "loops_of_this_os_thread",
+    "open_loops",
+]
+
+logger = logging.getLogger("socketloop")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Longest single driver wait.  Timers further away than this simply cause a
+#: harmless extra wake-up; the cap keeps timeouts far from integer overflow
+#: in the kernel's millisecond arithmetic.
+MAX_POLL_TIMEOUT = 24 * 3600.0
+
+
+# What a waiter on an fd is woken with when the fd is closed under it.
+_CLOSED: Any = _Sentinel("CLOSED")
+
+Hook = Callable[[], object]
+
+
+def _reset_all_after_fork() -> None:
+    for loop in list(_live_loops):
+        loop._reset_after_fork()
+
+
+_forking.at_fork_in_child(_reset_all_after_fork)
+
+
+class Kernel(Scheduler):
+    """The scheduler and dispatcher behind ``Loop``; see the module charter.
+
+    Bound to the OS thread that first runs or creates threads in it; using it
+    from another OS thread raises ``RuntimeError`` except through
+    ``call_soon_threadsafe`` and ``stop``.  ``poller`` names the driver:
+    ``"epoll"`` (default on Linux) or ``"poll"``.
+    """
+
+    #: Default loops are made implicitly by get_loop(); not closing them is
+    #: not the user's mistake, so they are released without a warning.
+    _implicit = False
+
+    def __init__(self, *, poller: str | None = None) -> None:
+        super().__init__()
+        self._poller_name = poller
+        self._poller: Driver = make_driver(poller, self)
+        self._edge: bool = self._poller.edge_triggered
+        self._READ: int = self._poller.READ
+        self._WRITE: int = self._poller.WRITE
+        #: Event bits saying the peer is gone or the socket failed: after such
+        #: a wake-up a short read does not mean "drained" (see AsyncSocket.recv).
+        self._HANGUP: int = self._poller.HANGUP
+        self._readers: dict[int, Thread[Any]] = {}
+        self._writers: dict[int, Thread[Any]] = {}
+        self._threadsafe: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        #: Incremented once per poll; sockets use it to know whether readiness
+        #: could have been reported (and dropped) since they last drained.
+        self._turn = 0
+        self._closed_fds: set[int] = set()
+        self._polling = False
+        self._running = False
+        self._stopping = False
+        self._ki_pending = False
+        self._wakeup = Wakeup()
+        self._poller.register_wakeup(self._wakeup.fd)
+        self._close_hooks: list[Hook] = []
+        self._fork_hooks: list[Hook] = []
+        self._idle_hooks: list[Callable[[], bool]] = [self._break_deadlock]
+        _live_loops.add(self)  # type: ignore[arg-type]  # a Loop (the façade) at run time
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        if not self._implicit:
+            warnings.warn(f"unclosed loop {self!r}", ResourceWarning, source=self, stacklevel=1)
+        self._closed = True
+        try:
+            self._wakeup.close()
+            self._poller.close()
+            for hook in self._close_hooks:
+                hook()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has run."""
+        return self._closed
+
+    @property
+    def running(self) -> bool:
+        """True while ``start()`` is dispatching."""
+        return self._running
+
+    def __repr__(self) -> str:
+        kind = "symmetric " if self.symmetric else ""
+        state = "closed" if self._closed else ("running" if self._running else "idle")
+        return (
+            f"<{kind}{type(self).__name__} {state} threads={len(self._threads)} "
+            f"waiting_io={len(self._readers) + len(self._writers)} timers={len(self._timers)}>"
+        )
+
+    def _wake_threadsafe(self, thread: Thread[Any], source: object) -> None:
+        """``_wake(thread, source=source)`` from any OS thread, as soon as the loop polls."""
+        self.call_soon_threadsafe(self._wake_now, thread, source)
+
+    def _wake_now(self, thread: Thread[Any], source: object) -> None:
+        """From a loop callback: end ``thread``'s wait on ``source`` at once (it runs now)."""
+        if thread._state == WAITING and thread._waiting_on is source:
+            self._switch_from_dispatcher(thread, None)
+
+    # --------------------------------------------------------------- I/O waits
+
+    def _wait_fd(
+        self,
+        thread: Thread[Any],
+        sock: AsyncSocket,
+        fd: int,
+        writing: bool,
+        deadline: float | None,
+    ) -> int:
+        """Suspend ``thread`` until ``fd`` is ready in one direction.
+
+        Returns the poller's event mask when readiness woke the thread (0
+        for any other wake-up, which the caller treats as "retry").  Raises
+        ``TimeoutError`` at ``deadline``, ``OSError(EBADF)`` when the socket
+        is closed meanwhile, ``BusyResourceError`` when another thread
+        already waits in that direction.
+        """
+        table = self._writers if writing else self._readers
+        other = table.get(fd)
+        if other is not None:
+            self._resolve_conflict(table, fd, other, sock, writing)
+        if sock._poller is not self._poller:
+            self._register(sock, fd)
+        table[fd] = thread
+        thread._state = WAITING
+        thread._waiting_on = sock
+        if deadline is None and self._edge:
+            # The common case, kept short: no timer, no interest to update,
+            # and a readiness wake-up (an int) means the dispatcher has
+            # already taken this thread out of the table.
+            try:
+                value = thread._resumer.switch(None)  # _switch_out, inlined
+            except BaseException:
+                if table.get(fd) is thread:
+                    del table[fd]
+                thread._waiting_on = None
+                raise
+            thread._waiting_on = None
+            if type(value) is int:
+                return value
+            if table.get(fd) is thread:
+                del table[fd]
+        else:
+            handle: TimerHandle | None = None
+            try:
+                if not self._edge:
+                    self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
+                if deadline is not None:
+                    handle = self._timers.add(deadline, self._wait_expired, (thread,))
+                value = thread._resumer.switch(None)
+            finally:
+                if table.get(fd) is thread:
+                    del table[fd]
+                thread._waiting_on = None
+                if handle is not None:
+                    handle.cancel()
+                if not self._edge and sock._poller is self._poller:
+                    self._set_interest_quietly(fd)
+            if type(value) is int:
+                return value
+        if value is TIMED_OUT:
+            raise TimeoutError("timed out")
+        if value is _CLOSED:
+            raise closed_error()
+        return 0
+
+    def _wait_fds(
+        self,
+        thread: Thread[Any],
+        reads: list[int],
+        writes: list[int],
+        deadline: float | None,
+        what: object,
+    ) -> bool:
+        """Suspend ``thread`` until any of several fds may be ready; False at the deadline.
+
+        The wait behind cooperative ``select``/``poll``: the caller checks
+        readiness itself before and after (readiness here is a hint, not a
+        promise).  Raises ``BusyResourceError`` when another thread already
+        waits on one of the fds in the same direction.
+        """
+        readers = self._readers
+        writers = self._writers
+        for table, fds, verb in ((readers, reads, "read"), (writers, writes, "write")):
+            for fd in fds:
+                other = table.get(fd)
+                if other is not None and other is not thread:
+                    raise BusyResourceError(
+                        f"another thread ({other.name}) already waits to {verb} fd {fd}"
+                    )
+        for fd in {*reads, *writes}:
+            self._poller.register(fd)
+        handle: TimerHandle | None = None
+        try:
+            for fd in reads:
+                readers[fd] = thread
+            for fd in writes:
+                writers[fd] = thread
+            if not self._edge:
+                for fd in {*reads, *writes}:
+                    self._poller.set_interest(fd, fd in readers, fd in writers)
+            thread._state = WAITING
+            thread._waiting_on = what
+            if deadline is not None:
+                handle = self._timers.add(deadline, self._wait_expired, (thread,))
+            value = self._switch_out(thread)
+        finally:
+            for fd in reads:
+                if readers.get(fd) is thread:
+                    del readers[fd]
+            for fd in writes:
+                if writers.get(fd) is thread:
+                    del writers[fd]
+            thread._waiting_on = None
+            if handle is not None:
+                handle.cancel()
+            if not self._edge:
+                for fd in {*reads, *writes}:
+                    self._set_interest_quietly(fd)
+        return value is not TIMED_OUT
+
+    def _set_interest_quietly(self, fd: int) -> None:
+        try:
+            self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
+        except OSError:
+            pass  # fd already closed: the registration is gone anyway
+
+    def _resolve_conflict(
+        self,
+        table: dict[int, Thread[Any]],
+        fd: int,
+        other: Thread[Any],
+        sock: AsyncSocket,
+        writing: bool,
+    ) -> None:
+        if other._state != WAITING:
+            # Interrupted (killed, timed out) but not yet unwound: it is
+            # leaving this slot, and its own clean-up will find it taken.
+            del table[fd]
+            return
+        other_sock: Any = other._waiting_on
+        if other_sock is sock or getattr(other_sock, "socket", None) is sock.socket:
+            direction = "writing to" if writing else "reading from"
+            raise BusyResourceError(
+                f"another thread ({other.name}) is already {direction} {sock!r}"
+            )
+        # The fd number belongs to a new socket now: the old one was closed
+        # behind the loop's back.  Its waiter can never be woken by readiness
+        # again, so fail it the way a close() would have.
+        del table[fd]
+        if other._state == WAITING:
+            self._schedule(other, _CLOSED)
+        if other_sock is not None and getattr(other_sock, "_poller", None) is self._poller:
+            other_sock._poller = None
+
+    def _register(self, sock: AsyncSocket, fd: int) -> None:
+        previous = sock._poller
+        if previous is not None:
+            # Registered with another loop's poller: move it here (refused while
+            # a thread of that loop waits on it).  A poller of this loop from
+            # before a fork needs nothing: it is gone.
+            other: Kernel = previous.owner
+            if other is not self and not other._closed:
+                other._unregister_socket(sock, fd)
+        self._poller.register(fd)
+        sock._poller = self._poller
+
+    def _unregister_socket(self, sock: AsyncSocket, fd: int) -> None:
+        if self._readers.get(fd) is not None or self._writers.get(fd) is not None:
+            waiter = self._readers.get(fd) or self._writers.get(fd)
+            if waiter is not None and waiter._waiting_on is sock:
+                raise BusyResourceError(
+                    f"{sock!r} is in use by a thread of another loop ({waiter.name})"
+                )
+        try:
+            self._poller.unregister(fd)
+        except OSError:
+            pass
+        sock._poller = None
+
+    def _closing(self, sock: AsyncSocket, fd: int, closing: bool = True) -> None:
+        """``sock`` is being closed (or detached): fail its waiters, drop its registration.
+
+        Waiters get ``OSError(EBADF)`` at the next dispatch; events for ``fd``
+        already fetched in the current dispatch are discarded, so a new
+        socket that reuses the number never sees them.  When the fd is about
+        to be closed, epoll needs no ``EPOLL_CTL_DEL``: closing the last
+        descriptor of the file removes the registration in the kernel (one
+        system call less per connection).  If a ``dup`` keeps the file open,
+        the registration lives on until that closes too; its events can then
+        reach a new socket with the same fd number only as a spurious wake-up,
+        which every wait tolerates (the thread retries its call).
+        """
+        readers = self._readers
+        waiter = readers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock:
+            del readers[fd]
+            if waiter._state == WAITING:
+                self._schedule(waiter, _CLOSED)
+        writers = self._writers
+        waiter = writers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock:
+            del writers[fd]
+            if waiter._state == WAITING:
+                self._schedule(waiter, _CLOSED)
+        if sock._poller is self._poller:
+            sock._poller = None
+            if not (closing and self._edge):
+                try:
+                    self._poller.unregister(fd)
+                except OSError:
+                    pass
+        if self._dispatching:
+            self._closed_fds.add(fd)
+
+    def _wake_reader(self, sock: AsyncSocket, fd: int) -> None:
+        """Make the thread reading ``sock`` retry its call (after shutdown(SHUT_RD))."""
+        waiter = self._readers.get(fd)
+        if waiter is not None and waiter._waiting_on is sock and waiter._state == WAITING:
+            del self._readers[fd]
+            self._schedule(waiter)
+
+    def _has_waiter(self, fd: int) -> bool:
+        """Whether a thread of this loop waits on ``fd`` (either direction)."""
+        return fd in self._readers or fd in self._writers
+
+    def _describe_wait(self, thread: Thread[Any]) -> str:
+        """What a WAITING ``thread`` waits on, in words (for repr and ``dump()``)."""
+        target = thread._waiting_on
+        if isinstance(target, TimerHandle):
+            return f"sleep (due in {target.deadline - time.monotonic():.3f}s)"
+        if isinstance(target, Thread):
+            return f"join of {target.name!r}"
+        if isinstance(target, concurrent.futures.Future):
+            return "a call in an OS thread"
+        if isinstance(target, str):
+            return target
+        fileno = getattr(target, "fileno", None)
+        if callable(fileno):
+            for fd, waiter in self._readers.items():
+                if waiter is thread:
+                    return f"fd {fd} (read)"
+            for fd, waiter in self._writers.items():
+                if waiter is thread:
+                    return f"fd {fd} (write)"
+        return repr(target)
+
+    # ---------------------------------------------------------------- running
+
+    def _has_pending(self) -> bool:
+        return bool(
+            self._ready
+            or self._readers
+            or self._writers
+            or len(self._timers)
+            or self._callbacks
+            or self._threadsafe
+            or self._external_waits
+        )
+
+    def step(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for I/O or timers and dispatch what is ready.
+
+        Returns True after dispatching, or False at once when nothing is
+        pending (no thread waits on I/O or a timer, nothing is scheduled).
+        ``KeyboardInterrupt`` and ``SystemExit`` raised in a thread propagate;
+        the loop stays usable.
+        """
+        self._claim()
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
+        if self._dispatching:
+            raise RuntimeError("step()/start() cannot run inside a loop callback")
+        return self._step(timeout)
+
+    def _next_timeout(self, timeout: float | None) -> float | None:
+        """How long the next poll may wait, at most ``timeout`` (None: no limit).
+
+        0 when something is ready to run; the delay to the next timer;
+        ``timeout`` itself when nothing is due sooner (None then means "until
+        I/O").  A host event loop driving the kernel arms its timer with
+        this (see ``_driver``).
+        """
+        if self._ready or self._callbacks or self._threadsafe or self._stopping:
+            return 0.0
+        poll_timeout = timeout if timeout is None else max(0.0, timeout)
+        if self._timers._heap:
+            next_deadline = self._timers.next_deadline()
+            if next_deadline is not None:
+                until = max(0.0, next_deadline - time.monotonic())
+                if poll_timeout is None or until < poll_timeout:
+                    poll_timeout = until
+        if poll_timeout is not None and poll_timeout > MAX_POLL_TIMEOUT:
+            poll_timeout = MAX_POLL_TIMEOUT
+        return poll_timeout
+
+    def _step(self, timeout: float | None) -> bool:
+        # Checked inline first: with threads waiting on I/O (the usual case)
+        # the full _has_pending() is not needed.
+        if not (self._readers or self._ready or self._has_pending()):
+            return False
+        poll_timeout = self._next_timeout(timeout)
+        me = getcurrent()
+        self._dispatcher = me
+        self._dispatching = True
+        try:
+            self._polling = True
+            try:
+                events = self._poller.poll(poll_timeout)
+            finally:
+                self._polling = False
+            self._turn += 1
+            if events:
+                if not self._edge:
+                    self._drain_wakeup_if_reported(events)
+                self._dispatch_io(events, me)
+            if self._wakeup.pending:
+                self._run_threadsafe()
+            if self._timers._heap:
+                self._run_timers()
+            if self._ready:
+                self._run_ready(me)
+            if self._callbacks:
+                self._run_callbacks()
+        finally:
+            self._dispatching = False
+            self._dispatcher = None
+            if self._closed_fds:
+                self._closed_fds.clear()
+        return True
+
+    def _dispatch_io(self, events: list[tuple[int, int]], me: greenlet) -> None:
+        readers = self._readers
+        writers = self._writers
+        read_mask = self._READ
+        write_mask = self._WRITE
+        closed = self._closed_fds
+        try:
+            for fd, ev in events:
+                if closed and fd in closed:
+                    continue
+                if ev & read_mask:
+                    thread = readers.pop(fd, None)
+                    if thread is not None and thread._state == WAITING:
+                        thread._resumer = me
+                        thread._state = RUNNING
+                        self._budget = FAIRNESS_BUDGET
+                        thread.switch(ev)
+                        if thread._state == RUNNING:
+                            self._foreign_switch(thread)
+                        if closed and fd in closed:
+                            continue
+                if ev & write_mask and writers:  # (most servers have no writer waiting)
+                    thread = writers.pop(fd, None)
+                    if thread is not None and thread._state == WAITING:
+                        thread._resumer = me
+                        thread._state = RUNNING
+                        self._budget = FAIRNESS_BUDGET
+                        thread.switch(ev)
+                        if thread._state == RUNNING:
+                            self._foreign_switch(thread)
+        except BaseException:
+            # KeyboardInterrupt/SystemExit out of a thread: the rest of this
+            # batch would be lost (edge-triggered readiness is reported once),
+            # so make every waiter that is still registered retry next time.
+            for fd, ev in events:
+                if ev & read_mask:
+                    self._requeue_waiter(readers, fd)
+                if ev & write_mask:
+                    self._requeue_waiter(writers, fd)
+            raise
+
+    def _requeue_waiter(self, table: dict[int, Thread[Any]], fd: int) -> None:
+        thread = table.get(fd)
+        if thread is not None and thread._state == WAITING:
+            del table[fd]
+            self._schedule(thread)
+
+    def _drain_wakeup_if_reported(self, events: list[tuple[int, int]]) -> None:
+        # Level-triggered backends report the wake-up fd until it is read.  A
+        # write that landed after the flag was cleared leaves it readable with
+        # the flag down; read it whenever it shows up, or poll() would spin.
+        fd = self._wakeup.fd
+        for event_fd, _ in events:
+            if event_fd == fd:
+                if not self._wakeup.pending:
+                    self._wakeup.clear()
+                return
+
+    def _run_threadsafe(self) -> None:
+        self._wakeup.clear()
+        calls = self._threadsafe
+        for _ in range(len(calls)):
+            fn, args = calls.popleft()
+            self._call_user(fn, args)
+
+    def start(self, timeout: float | None = None) -> None:
+        """Dispatch until ``stop()`` or until nothing is pending.
+
+        With ``timeout``, return after at most that many seconds.  Ctrl-C
+        raises ``KeyboardInterrupt`` out of ``start()`` (whether the loop is
+        polling or a thread is running); the loop can be started again.
+        """
+        self._claim()
+        if self._running:
+            raise RuntimeError("this loop is already running")
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
+        if self._dispatching:
+            raise RuntimeError("step()/start() cannot run inside a loop callback")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        self._running = True
+        self._stopping = False
+        previous_handler = _signals.install_sigint(self._on_sigint)
+        try:
+            while not self._stopping:
+                if deadline is None:
+                    if not self._step(None) and not self._run_idle_hooks():
+                        break
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    if not self._step(remaining) and not self._run_idle_hooks():
+                        break
+                if self._ki_pending:
+                    self._ki_pending = False
+                    raise KeyboardInterrupt
+        finally:
+            self._running = False
+            self._stopping = False
+            _signals.restore_sigint(previous_handler)
+            if self._ki_pending:
+                self._ki_pending = False
+
+    def _run_idle_hooks(self) -> bool:
+        """Nothing is pending: ask the idle hooks; True if one made progress possible."""
+        return any(hook() for hook in self._idle_hooks)
+
+    def stop(self) -> None:
+        """Make a running ``start()`` return promptly.
+
+        Safe to call from a loop thread, a callback, a signal handler or
+        another OS thread.  A no-op when the loop is not running.
+        """
+        if not self._running:
+            return
+        self._stopping = True
+        if self._polling or threading.get_ident() != self._owner:
+            self._wakeup.set(threading.get_ident() == self._owner)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT handler while ``start()`` runs: Ctrl-C at a point where it is safe."""
+        if self._polling or self._in_callback or not self._dispatching:
+            raise KeyboardInterrupt
+        if isinstance(getcurrent(), Thread):
+            raise KeyboardInterrupt
+        # In the middle of the dispatcher's own bookkeeping: raise at the end of the step.
+        self._ki_pending = True
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Schedule ``fn(*args)`` from any OS thread (or a signal handler).
+
+        Calls run in FIFO order in the loop's OS thread; none is lost however
+        many arrive.  After ``close()`` this is a no-op.  ``TypeError`` at
+        the call if ``fn`` is not callable.
+        """
+        require_callable(fn, "the callback")
+        if self._closed:
+            return
+        self._threadsafe.append((fn, args))
+        self._wakeup.set(threading.get_ident() == self._owner)
+
+    # ------------------------------------------------------------- hooks
+
+    def _on_close(self, hook: Hook) -> None:
+        """Run ``hook()`` in ``close()``, after the threads ended, before the driver is released."""
+        self._close_hooks.append(hook)
+
+    def _on_fork(self, hook: Hook) -> None:
+        """Run ``hook()`` in a forked child, after the kernel reset itself."""
+        self._fork_hooks.append(hook)
+
+    def _on_idle(self, hook: Callable[[], bool]) -> None:
+        """Call ``hook()`` when ``start()`` finds nothing pending; True keeps it running."""
+        self._idle_hooks.insert(len(self._idle_hooks) - 1, hook)  # before the deadlock breaker
+
+    # ------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Kill the remaining threads (their ``finally`` blocks run) and release the poller.
+
+        Idempotent.  Afterwards every method but ``close`` raises
+        ``RuntimeError``.  Refused while ``start()`` is running.
+        """
+        if self._closed:
+            return
+        if self._owner is not None and self._owner != threading.get_ident():
+            raise RuntimeError("a loop can only be closed from the OS thread that runs it")
+        if self._running or self._dispatching:
+            raise RuntimeError("cannot close a running loop; stop() it first")
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            raise RuntimeError("a loop cannot be closed from one of its own threads")
+        for _ in range(3):
+            alive = [t for t in self._threads if t._state != DEAD]
+            if not alive:
+                break
+            for thread in alive:
+                try:
+                    self._kill(thread, ThreadExit, block=False, timeout=None)
+                except RuntimeError:
+                    pass
+            while self._ready:
+                self._step(0)
+        leftover = [t for t in self._threads if t._state != DEAD]
+        if leftover:
+            logger.warning("loop closed with threads that would not exit: %r", leftover)
+        self._retire_idle()
+        self._closed = True
+        _live_loops.discard(self)  # type: ignore[arg-type]
+        for hook in self._close_hooks:
+            hook()
+        self._timers.clear()
+        self._ready.clear()
+        self._callbacks.clear()
+        self._run_calls_due_at_close()
+        self._threadsafe.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._wakeup.close()
+        self._poller.close()
+
+    def _run_calls_due_at_close(self) -> None:
+        # Cross-thread calls marked ``runs_at_loop_close`` (a socket closed
+        # from another OS thread) run instead of being dropped: the fd must
+        # not outlive the loop that was to release it.
+        for fn, args in list(self._threadsafe):
+            if getattr(fn, "runs_at_loop_close", False):
+                self._call_user(fn, args)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: fresh driver and wake-up fd; the parent's threads
+        are abandoned (never resumed, their ``finally`` blocks never run)."""
+        current = getcurrent()
+        keep = current if isinstance(current, Thread) and current._loop is self else None
+        _forking.abandon([t for t in self._threads if t is not keep])
+        _forking.abandon(self._idle)
+        self._idle = []
+        self._threads = {keep} if keep is not None else set()
+        self._ready.clear()
+        self._callbacks.clear()
+        self._run_calls_due_at_close()
+        self._threadsafe.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._timers.clear()
+        self._closed_fds.clear()
+        self._external_waits = 0
+        self._poller.abandon()
+        self._poller = make_driver(self._poller_name, self)
+        self._wakeup.abandon()
+        self._wakeup = Wakeup()
+        self._poller.register_wakeup(self._wakeup.fd)
+        for hook in self._fork_hooks:
+            hook()

@@ -1,0 +1,685 @@
+"""The scheduler half of the kernel: threads, their states, the ready queue, timers.
+
+Charter: the thread state machine (``_threads`` documents the states) and
+the one wait protocol of the package (``_block``/``_wake``/``_interrupt``,
+see the charter of ``_kernel``), switching into threads, join and kill,
+and the timer and callback queues with the one place that calls user
+callbacks (``_call_user``).  ``Scheduler`` is the base class of
+``_kernel.Kernel``, which adds the driver, the fd waiter tables and the
+dispatcher; the two are one object, so the hot path finds every table and
+counter in one place.  It must not know about file descriptors, sockets or
+anything above the kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+from . import _originals
+from ._errors import DeadlockError, ThreadExit, require_callable
+from ._idle import IdlePool
+from ._threads import (
+    DEAD,
+    NORMAL,
+    READY,
+    RUNNING,
+    STATE_NAMES,
+    SUSPENDED,
+    WAITING,
+    Thread,
+)
+from ._timers import MAX_DELAY, TimerHandle, TimerHeap
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+__all__ = [
+    "FAIRNESS_BUDGET",
+    "TIMED_OUT",
+    "Scheduler",
+    "is_dispatching",
+    "loops_of_this_os_thread",
+    "open_loops",
+]
+
+logger = logging.getLogger("socketloop")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: How many socket operations a thread may complete without ever waiting
+#: before it is made to yield (as if it called ``sleep(0)``).  Without this
+#: a thread reading a socket that is always ready (a fast sender on
+#: loopback) would never give the loop a chance to run timers or other
+#: threads.  64 operations take well under a millisecond, and a thread that
+#: waits on I/O normally never reaches the limit, so the common path pays
+#: only a counter decrement.
+FAIRNESS_BUDGET = 64
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: What ``_block`` returns when the wait's deadline passed.
+TIMED_OUT: Any = _Sentinel("TIMED_OUT")
+
+
+#: Every loop not yet closed (for the fork hook and for finding the loops of an OS thread).
+_live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+def is_dispatching(g: greenlet) -> bool:
+    """Whether ``g`` is the dispatcher of a loop that is dispatching right now.
+
+    A blocking call made there (from a loop callback) is refused instead of
+    freezing every thread.  Only slow paths ask, so this scans the loops.
+    """
+    return any(loop._dispatching and loop._dispatcher is g for loop in loops_of_this_os_thread())
+
+
+def open_loops() -> list[Loop]:
+    """Every loop not yet closed, of any OS thread."""
+    return [loop for loop in list(_live_loops) if not loop._closed]
+
+
+def loops_of_this_os_thread() -> list[Loop]:
+    """The open loops bound to (or not yet bound to any) calling OS thread."""
+    ident = threading.get_ident()
+    return [loop for loop in list(_live_loops) if loop._owner in (None, ident) and not loop._closed]
+
+
+class Scheduler(IdlePool):
+    """Threads and the wait protocol; the base of ``Kernel`` (see ``_kernel``)."""
+
+    #: True for the symmetric-coroutine loop (``socketloop.coro``).
+    symmetric = False
+
+    def __init__(self) -> None:
+        self._ready: collections.deque[Thread[Any]] = collections.deque()
+        self._callbacks: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._timers = TimerHeap()
+        self._threads: set[Thread[Any]] = set()
+        #: Greenlets of ended threads kept for reuse (see _idle).
+        self._idle: list[Thread[Any]] = []
+        self._weakself: Any = weakref.ref(self)
+        self._measuring = False
+        #: Waits on things outside the loop (other OS threads) that will come
+        #: back through call_soon_threadsafe: they keep start() running.
+        self._external_waits = 0
+        self._budget = FAIRNESS_BUDGET
+        self._dispatching = False
+        self._dispatcher: greenlet | None = None
+        self._in_callback = False
+        self._closed = False
+        self._owner: int | None = None
+        self._root: greenlet | None = None
+
+    # Provided by the kernel.
+    def step(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def _has_pending(self) -> bool:
+        raise NotImplementedError
+
+    def _describe_wait(self, thread: Thread[Any]) -> str:
+        raise NotImplementedError
+
+    def _claim(self) -> greenlet:
+        """Bind the loop to the calling OS thread on first use; return its root greenlet.
+
+        Raises ``RuntimeError`` for a closed loop or from another OS thread
+        than the one it is bound to.
+        """
+        if self._closed:
+            raise RuntimeError("this loop is closed")
+        ident = threading.get_ident()
+        if self._owner != ident:
+            if self._owner is None:
+                self._owner = ident
+            else:
+                raise RuntimeError(
+                    "this loop belongs to another OS thread; use call_soon_threadsafe() to reach it"
+                )
+        root = self._root
+        if root is None:
+            root = getcurrent()
+            while root.parent is not None:
+                root = root.parent
+            self._root = root
+        return root
+
+    # -------------------------------------------------------------- threads
+
+    def newthread(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        """Create a thread running ``handler(*args, **kwargs)`` and run it at once.
+
+        The new thread runs until it first suspends (an async socket call
+        that would block, ``suspend()``, ``sleep()``) or ends; then
+        ``newthread`` returns it.  An exception in the handler does not
+        propagate here: it is logged and kept for ``join()``.  A ``handler``
+        that is not callable raises ``TypeError`` here.
+        """
+        require_callable(handler, "the thread's handler")
+        root = self._claim()
+        thread: Thread[R] = (
+            self._take_idle(handler, args, kwargs, root)
+            if self._idle
+            else Thread(self, handler, args, kwargs, root)
+        )
+        self._threads.add(thread)
+        self._resume_into(thread, None)
+        return thread
+
+    def spawn(self, handler: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Thread[R]:
+        """Create a thread that starts at the next dispatch; return it at once.
+
+        A ``handler`` that is not callable raises ``TypeError`` here.
+        """
+        require_callable(handler, "the thread's handler")
+        root = self._claim()
+        thread: Thread[R] = (
+            self._take_idle(handler, args, kwargs, root)
+            if self._idle
+            else Thread(self, handler, args, kwargs, root)
+        )
+        self._threads.add(thread)
+        self._schedule(thread)
+        return thread
+
+    def current(self) -> Thread[Any] | None:
+        """The running thread of this loop, or None outside its threads."""
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            return g
+        return None
+
+    def suspend(self) -> Any:
+        """Suspend the current thread until ``resume(thread, arg)``; return ``arg``.
+
+        Raises ``RuntimeError`` outside a thread of this loop.
+        """
+        thread = self._current_or_raise("suspend()")
+        thread._state = SUSPENDED
+        return self._switch_out(thread)
+
+    def resume(self, thread: Thread[Any], arg: Any = None) -> Any:
+        """Resume a thread suspended by ``suspend()``; ``suspend()`` returns ``arg``.
+
+        The thread runs until it suspends again (or waits, or ends); then
+        ``resume`` returns.  Raises ``RuntimeError`` for a thread that is dead,
+        running, resuming another thread, waiting in an async call (the loop
+        resumes it when that completes) or already scheduled.
+        """
+        self._claim()
+        self._check_resumable(thread, "resume")
+        return self._resume_into(thread, arg)
+
+    def sleep(self, seconds: float) -> None:
+        """Suspend the current thread for ``seconds``; ``sleep(0)`` yields to ready threads.
+
+        Outside loop threads this is ``time.sleep``; inside a loop callback it
+        raises ``RuntimeError`` (it would freeze the loop).
+        """
+        g = getcurrent()
+        if not (isinstance(g, Thread) and g._loop is self):
+            self._refuse_in_dispatcher(g, "sleep()")
+            _originals.sleep(max(0.0, seconds))
+            return
+        if math.isnan(seconds):
+            raise ValueError("sleep length is NaN")
+        if seconds <= 0:
+            self._schedule(g)
+            self._switch_out(g)
+            return
+        # The timer wakes the thread with None (a plain wake-up), not TIMED_OUT.
+        handle = self._timers.add(
+            time.monotonic() + min(seconds, MAX_DELAY), self._timer_wake, (g,)
+        )
+        try:
+            self._block(g, handle)
+        finally:
+            handle.cancel()
+
+    def _current_or_raise(self, what: str) -> Thread[Any]:
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self:
+            return g
+        raise RuntimeError(f"{what} must be called from a thread of this loop")
+
+    def _refuse_in_dispatcher(self, g: greenlet, what: str) -> None:
+        if is_dispatching(g):
+            raise RuntimeError(
+                f"{what} would block the whole loop: it was called from a loop callback "
+                "(timer or call_soon), not from a loop thread; start a thread for it"
+            )
+
+    def _check_resumable(self, thread: Thread[Any], verb: str) -> None:
+        if not isinstance(thread, Thread):
+            raise TypeError(f"{verb}() expects a Thread, got {type(thread).__name__}")
+        if thread._loop is not self and thread._state != DEAD:
+            raise RuntimeError(f"cannot {verb} {thread!r}: it belongs to another loop")
+        state = thread._state
+        if state == SUSPENDED:
+            return
+        if state == READY and thread._fn_args is not None:
+            # Spawned but not started yet: starting it now is what the caller
+            # asks for, and the scheduled start is dropped.
+            try:
+                self._ready.remove(thread)
+            except ValueError:
+                pass
+            return
+        reason = {
+            DEAD: "it is dead",
+            RUNNING: "it is the running thread",
+            NORMAL: "it is resuming another thread",
+            WAITING: "it is waiting in an async call; the loop resumes it when that completes",
+            READY: "it is already scheduled to run",
+        }.get(state, STATE_NAMES[state])
+        raise RuntimeError(f"cannot {verb} {thread!r}: {reason}")
+
+    # ------------------------------------------------------------ switching
+    #
+    # A thread hands control back to its ``_resumer``: whoever resumed it
+    # last (the caller of newthread/resume, or the dispatcher).  The
+    # symmetric model (``_coro``) differs only in who that is, which every
+    # way into a thread sets; switching out is the same for both.
+
+    @staticmethod
+    def _switch_out(thread: Thread[Any]) -> Any:
+        """Leave the running ``thread`` (whose state the caller has set); return its wake value."""
+        return thread._resumer.switch(None)
+
+    def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
+        """Switch into ``thread`` from the caller, which waits (NORMAL) until control is back.
+
+        Returns what the thread's next switch out passes (the symmetric
+        model's ``transfer`` value; None in the asymmetric model).
+        """
+        current = getcurrent()
+        caller = current if isinstance(current, Thread) else None
+        thread._resumer = current
+        thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
+        if caller is not None:
+            caller._state = NORMAL
+        try:
+            value = thread.switch(arg)
+            if thread._state == RUNNING and not self.symmetric:
+                self._foreign_switch(thread)
+        finally:
+            if caller is not None and caller._state == NORMAL:
+                caller._state = RUNNING
+        if caller is not None:
+            self._deliver_pending_kill(caller)
+        return value if self.symmetric else None
+
+    def _transfer(self, thread: Thread[Any], arg: Any, resumer: greenlet) -> Any:
+        """Switch straight from the caller into ``thread``, which will return to ``resumer``.
+
+        The caller, if a thread of this loop, is SUSPENDED until someone
+        switches back into it; returns what that switch passes.
+        """
+        current = getcurrent()
+        if isinstance(current, Thread) and current._loop is self:
+            current._state = SUSPENDED
+        thread._resumer = resumer
+        thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
+        value = thread.switch(arg)
+        if isinstance(current, Thread):
+            self._deliver_pending_kill(current)
+        return value
+
+    @staticmethod
+    def _deliver_pending_kill(thread: Thread[Any]) -> None:
+        error = thread._pending_kill
+        if error is not None:
+            thread._pending_kill = None
+            raise error
+
+    def _schedule(
+        self, thread: Thread[Any], value: object = None, exc: BaseException | None = None
+    ) -> None:
+        """Make ``thread`` READY: it is switched into at the next dispatch."""
+        thread._state = READY
+        thread._wake_value = value
+        thread._wake_exc = exc
+        self._ready.append(thread)
+
+    def _timer_wake(self, thread: Thread[Any], value: object = None) -> None:
+        """Timer callback: end a wait (sleep) if it is still in progress."""
+        if thread._state == WAITING:
+            self._switch_from_dispatcher(thread, value)
+
+    def _wait_expired(self, thread: Thread[Any]) -> None:
+        """Timer callback: a wait's deadline passed."""
+        if thread._state == WAITING:
+            self._switch_from_dispatcher(thread, TIMED_OUT)
+
+    def _switch_from_dispatcher(self, thread: Thread[Any], value: object) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        thread._resumer = dispatcher
+        thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
+        thread.switch(value)
+        if thread._state == RUNNING:
+            self._foreign_switch(thread)
+
+    def _thread_finished(self, thread: Thread[Any]) -> None:
+        """Called by a thread as its last act: mark it dead and wake its joiners."""
+        thread._state = DEAD
+        self._threads.discard(thread)
+        joiners = thread._joiners
+        if joiners:
+            thread._joiners = None
+            for joiner in joiners:
+                self._wake(joiner, source=thread)
+        if getcurrent() is thread:
+            # Ending hands control to the last resumer, which greenlet
+            # reaches via the parent.
+            target = thread._resumer
+            if not target.dead:
+                thread.parent = target
+
+    def _yield_for_fairness(self) -> None:
+        """A thread used up its budget of non-blocking operations: let others run."""
+        self._budget = FAIRNESS_BUDGET
+        g = getcurrent()
+        if isinstance(g, Thread) and g._loop is self and g._state == RUNNING:
+            self._schedule(g)
+            self._switch_out(g)
+
+    # ------------------------------------------------- the wait protocol
+
+    def _block(
+        self,
+        thread: Thread[Any],
+        source: object,
+        deadline: float | None = None,
+        *,
+        external: bool = False,
+    ) -> Any:
+        """Switch the running ``thread`` out until woken; see the module charter.
+
+        Returns the ``_wake`` value, or ``TIMED_OUT`` at ``deadline`` (a
+        ``time.monotonic()`` value).  Raises what ``_wake``/``_interrupt``
+        delivers (kill, timeout scope).
+        """
+        handle = None
+        if deadline is not None:
+            handle = self._timers.add(deadline, self._wait_expired, (thread,))
+        if external:
+            self._external_waits += 1
+        thread._state = WAITING
+        thread._waiting_on = source
+        try:
+            return thread._resumer.switch(None)
+        finally:
+            thread._waiting_on = None
+            if external:
+                self._external_waits -= 1
+            if handle is not None:
+                handle.cancel()
+
+    def _wake(
+        self,
+        thread: Thread[Any],
+        value: object = None,
+        exc: BaseException | None = None,
+        source: object = None,
+    ) -> bool:
+        """End ``thread``'s wait at the next dispatch; False if it was not blocked.
+
+        With ``source``, only a wait on that source is ended.  The woken
+        ``_block`` returns ``value`` or raises ``exc``.
+        """
+        if thread._state != WAITING or (source is not None and thread._waiting_on is not source):
+            return False
+        self._schedule(thread, value, exc)
+        return True
+
+    def _interrupt(self, thread: Thread[Any], error: BaseException, *, priority: bool) -> None:
+        """Raise ``error`` in ``thread`` where it is suspended (kill, timeout, deadlock).
+
+        Whatever the thread waits on is released by the ``finally`` blocks of
+        the wait it is in.  A pending interruption is replaced only by one
+        with ``priority`` (a kill beats a timeout; the first timeout wins).
+        """
+        state = thread._state
+        if state == DEAD:
+            return
+        if state == NORMAL:
+            if thread._pending_kill is None or priority:
+                thread._pending_kill = error
+        elif state == READY:
+            if thread._wake_exc is None or priority:
+                thread._wake_value = None
+                thread._wake_exc = error
+        elif state in (WAITING, SUSPENDED):
+            self._schedule(thread, None, error)
+        else:  # pragma: no cover - RUNNING means current; callers handle that
+            raise RuntimeError(f"cannot interrupt {thread!r}")
+
+    # ------------------------------------------------------------ join, kill
+
+    def _join(self, thread: Thread[Any], timeout: float | None) -> None:
+        g = getcurrent()
+        if g is thread:
+            raise RuntimeError(f"{thread!r} cannot join itself")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        if isinstance(g, Thread) and g._loop is self:
+            joiners = thread._joiners
+            if joiners is None:
+                joiners = thread._joiners = []
+            joiners.append(g)
+            try:
+                value = self._block(g, thread, deadline)
+            finally:
+                if thread._joiners is not None and g in thread._joiners:
+                    thread._joiners.remove(g)
+            if value is TIMED_OUT:
+                raise TimeoutError(f"timed out joining {thread!r}")
+            return
+        self._refuse_in_dispatcher(g, "join()")
+        while thread._state != DEAD:
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out joining {thread!r}")
+            if not self.step(remaining):
+                raise RuntimeError(
+                    f"{thread!r} can never finish: nothing in the loop is waiting on I/O "
+                    "or timers that could wake it"
+                )
+
+    def _kill(
+        self,
+        thread: Thread[Any],
+        exc: type[BaseException] | BaseException,
+        *,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        self._claim()
+        if not isinstance(exc, BaseException) and not (
+            isinstance(exc, type) and issubclass(exc, BaseException)
+        ):
+            # Checked before anything changes: throwing a non-exception into
+            # the thread would fail in the dispatcher and leave it stranded.
+            raise TypeError(f"kill() expects an exception class or instance, not {exc!r}")
+        if thread._state == DEAD:
+            return
+        error = exc() if isinstance(exc, type) else exc
+        if thread._fn_args is not None:  # never started: it simply never runs
+            thread._fn_args = None
+            if thread._state == READY:
+                try:
+                    self._ready.remove(thread)
+                except ValueError:
+                    pass
+            if not isinstance(error, ThreadExit):
+                thread._exc = error
+            self._thread_finished(thread)
+            if thread.gr_frame is not None:  # a reused greenlet, idle in _thread_main
+                self._return_to_idle(thread)
+            return
+        thread._kill_exc = error
+        if getcurrent() is thread:
+            raise error
+        if thread._state == NORMAL:
+            # It is resuming (directly or not) the caller, so it receives the
+            # exception when control comes back to it; waiting for that here
+            # would deadlock, so this kill never blocks.
+            self._interrupt(thread, error, priority=True)
+            return
+        self._interrupt(thread, error, priority=True)
+        if block:
+            self._join(thread, timeout)
+
+    @staticmethod
+    def _foreign_switch(thread: Thread[Any]) -> None:
+        """``thread`` left by a raw greenlet switch, not through socketloop: fail it.
+
+        Nothing could ever resume it correctly (the loop does not know what
+        it waits for), so raise in it at once rather than leave it "running"
+        for ever.
+        """
+        if thread._state == RUNNING and not thread.dead:
+            thread.throw(
+                RuntimeError(
+                    f"{thread.name!r} switched away with a raw greenlet switch; loop "
+                    "threads may only wait through socketloop (sockets, sleep, suspend, "
+                    "transfer, primitives)"
+                )
+            )
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        heap = self._timers
+        before = heap.snapshot()
+        while True:
+            handle = heap.pop_due(now, before)
+            if handle is None:
+                return
+            callback = handle._callback
+            args = handle._args
+            handle._callback = None
+            handle._args = ()
+            if callback is not None:
+                self._call_user(callback, args)
+
+    def _run_ready(self, me: greenlet) -> None:
+        ready = self._ready
+        for _ in range(len(ready)):
+            if not ready:
+                return
+            thread = ready.popleft()
+            if thread._state != READY:
+                continue
+            value = thread._wake_value
+            exc = thread._wake_exc
+            thread._wake_value = None
+            thread._wake_exc = None
+            thread._resumer = me
+            thread._state = RUNNING
+            self._budget = FAIRNESS_BUDGET
+            if exc is not None:
+                thread.throw(exc)
+            else:
+                thread.switch(value)
+            if thread._state == RUNNING:
+                self._foreign_switch(thread)
+
+    def _run_callbacks(self) -> None:
+        calls = self._callbacks
+        for _ in range(len(calls)):
+            if not calls:
+                return
+            fn, args = calls.popleft()
+            self._call_user(fn, args)
+
+    def _call_user(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        """The one place user callbacks run: errors are logged, never propagated."""
+        self._in_callback = True
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("callback %r raised", fn)
+        finally:
+            self._in_callback = False
+
+    # -------------------------------------------------------------- callbacks
+
+    def call_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Call ``fn(*args)`` from the dispatcher at the next step (FIFO).
+
+        Callbacks must not block: a socket call made from one raises
+        ``RuntimeError``.  Errors are logged.  ``TypeError`` here if ``fn`` is
+        not callable.
+        """
+        self._claim()
+        require_callable(fn, "the callback")
+        self._callbacks.append((fn, args))
+
+    def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
+        """Call ``fn(*args)`` after ``delay`` seconds; return a cancellable handle.
+
+        Zero or negative delays run at the next step; equal deadlines run in
+        the order they were scheduled; huge delays are clamped.
+        """
+        if math.isnan(delay):
+            raise ValueError("delay is NaN")
+        return self.call_at(time.monotonic() + min(max(0.0, delay), MAX_DELAY), fn, *args)
+
+    def call_at(self, when: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
+        """Call ``fn(*args)`` at ``when`` (a ``time.monotonic()`` value)."""
+        self._claim()
+        require_callable(fn, "the callback")
+        if math.isnan(when):
+            raise ValueError("when is NaN")
+        return self._timers.add(when, fn, args)
+
+    def _break_deadlock(self) -> bool:
+        """Nothing is pending: fail threads that wait for what can never come.
+
+        Threads still WAITING now wait on joins or primitives that no thread
+        of the loop can ever satisfy (every other thread is suspended or
+        waiting too).  Rather than return from ``start()`` leaving them stuck,
+        raise ``DeadlockError`` in each, naming the threads involved.
+        """
+        stuck = [t for t in self._threads if t._state == WAITING]
+        if not stuck:
+            return False
+        if any(other._has_pending() for other in loops_of_this_os_thread() if other is not self):
+            # A thread of another loop of this OS thread may still set the
+            # event or release the lock; running that loop is the caller's job.
+            return False
+        suspended = [t for t in self._threads if t._state == SUSPENDED]
+        lines = [f"{t.name!r} waits on {self._describe_wait(t)}" for t in stuck]
+        lines += [f"{t.name!r} is suspended (only resume() can wake it)" for t in suspended]
+        message = "no thread can make progress: " + "; ".join(lines)
+        logger.warning("deadlock: %s", message)
+        for thread in stuck:
+            self._interrupt(thread, DeadlockError(message), priority=False)
+        return True
