@@ -4,7 +4,7 @@ Usage (from the repository root; ``make bench`` does this in its own venv)::
 
     python benchmarks/run.py [--echoload PATH] [--echoserv PATH] [--rounds N]
                              [--duration S] [--servers a,b] [--workloads x,y]
-                             [--quick] [--out DIR]
+                             [--quick] [--out DIR] [--baseline-rev REV]
 
 Methodology (see benchmarks/README.md): each server runs in a fresh process
 pinned to CPU 0, the load generator is pinned to CPU 1; every run is primed
@@ -14,6 +14,12 @@ server's CPU time per request comes from /proc/PID/stat over the load
 generator's measured window; a row whose load generator used more than 90 %
 of its CPU is flagged as invalid (the load generator, not the server, set
 the rate).
+
+``--baseline-rev REV`` compares two revisions side by side in one interleaved
+run: REV's socketloop is installed into a virtualenv of its own (under
+``.bench-baselines/``) and every socketloop server runs a second time there,
+as ``socketloop@REV`` (``socketloop-coro@REV``), next to its twin in each
+round.
 
 Standard library only, plus matplotlib for the chart (skipped without it).
 """
@@ -26,6 +32,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
+import io
 import itertools
 import json
 import math
@@ -40,6 +47,8 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +58,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SERVERS_DIR = HERE / "servers"
+BASELINES_DIR = ROOT / ".bench-baselines"
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402  (benchmarks/report.py, next to this file)
@@ -74,6 +84,7 @@ class Server:
     label: str
     file: str | None  # under servers/; None for the external C server
     needs: tuple[str, ...] = ()  # modules that must be importable
+    python: str | None = None  # the interpreter to run it with (default: this one)
 
 
 ECHO_SERVERS = [
@@ -343,6 +354,94 @@ def source_revision() -> str:
     return f"{head} + uncommitted changes" if dirty else head
 
 
+# ---------------------------------------------------------------- baseline revision
+
+
+def prepare_baseline(rev: str) -> tuple[str, str]:
+    """Install socketloop as of git revision ``rev`` into a virtualenv of its own.
+
+    Returns the venv's interpreter and the full commit id.  The package is
+    pure Python: its ``src/socketloop`` is unpacked from ``git archive`` into
+    the venv's site-packages, and the venv sees this environment's
+    site-packages after its own (a ``.pth`` line) for greenlet and the rest,
+    so nothing is downloaded and the two revisions run on identical
+    dependencies.  A venv made before for the same commit is reused.
+    """
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    venv = BASELINES_DIR / sha[:12]
+    python = venv / "bin" / "python"
+    done = venv / "installed"
+    if not done.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        purelib = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", sha, "src/socketloop"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        target = Path(purelib)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            for member in tar.getmembers():
+                member.name = member.name.removeprefix("src/")
+                if not member.name.startswith("socketloop"):
+                    continue
+                if hasattr(tarfile, "data_filter"):  # 3.12, and 3.8-3.11 security releases
+                    tar.extract(member, target, filter="data")
+                else:  # pragma: no cover - our own archive: trusted
+                    tar.extract(member, target)
+        ours = dict.fromkeys([sysconfig.get_paths()["purelib"], *sys.path[1:]])
+        lines = [p for p in ours if p and Path(p).is_dir() and "site-packages" in p]
+        (target / "_socketloop_bench_deps.pth").write_text("\n".join(lines) + "\n")
+        done.write_text(sha + "\n")
+    where = subprocess.run(
+        [str(python), "-c", "import socketloop; print(socketloop.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=baseline_env(),
+    ).stdout.strip()
+    if not where.startswith(str(venv)):
+        raise RuntimeError(f"the baseline venv imports socketloop from {where}, not {venv}")
+    return str(python), sha
+
+
+def baseline_env() -> dict[str, str]:
+    """The environment of a baseline server: no PYTHONPATH pointing at this checkout."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def with_baselines(servers: list[Server], baselines: dict[str, str]) -> list[Server]:
+    """``servers`` with a twin of each socketloop server per baseline, right after it."""
+    out = []
+    for server in servers:
+        out.append(server)
+        if server.id.startswith("socketloop"):
+            for rev, python in baselines.items():
+                out.append(
+                    dataclasses.replace(
+                        server,
+                        id=f"{server.id}@{rev}",
+                        label=f"{server.label} @ {rev}",
+                        needs=(),
+                        python=python,
+                    )
+                )
+    return out
+
+
 def wrk_version(path: str) -> str:
     out = subprocess.run([path, "-v"], capture_output=True, text=True, check=False)
     text = (out.stdout + out.stderr).strip().splitlines()
@@ -371,6 +470,7 @@ class Options:
     max_others: float
     quiet_wait: float
     wait_budget: float
+    baseline_revs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -419,7 +519,8 @@ class Runner:
             assert self.opts.echoserv
             argv = [self.opts.echoserv, str(port)]
         else:
-            argv = [sys.executable, str(SERVERS_DIR / server.file), str(port)]
+            python = server.python or sys.executable
+            argv = [python, str(SERVERS_DIR / server.file), str(port)]
         self.log.write(f"\n=== {kind} {server.id} port {port} {time.strftime('%H:%M:%S')}\n")
         self.log.flush()
         proc = subprocess.Popen(
@@ -427,6 +528,7 @@ class Runner:
             stdout=self.log,
             stderr=self.log,
             stdin=subprocess.DEVNULL,
+            env=baseline_env() if server.python else None,
         )
         self.pin_after_start(proc, SERVER_CPU)
         return proc
@@ -952,6 +1054,14 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="only redo latest.md and latest.png from the --out directory's latest.json",
     )
+    p.add_argument(
+        "--baseline-rev",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also run every socketloop server as of git revision REV (its own venv),\n"
+        "interleaved, as socketloop@REV; may be repeated",
+    )
     p.add_argument("--list", action="store_true", help="list server and workload ids")
     a = p.parse_args(argv)
     if a.render_only:
@@ -973,7 +1083,7 @@ def parse_args(argv: list[str] | None) -> Options:
         if name not in known_w:
             p.error(f"unknown workload {name!r} (known: {', '.join(known_w)})")
     for name in servers or []:
-        if name not in known_s:
+        if name.partition("@")[0] not in known_s:
             p.error(f"unknown server {name!r} (known: {', '.join(sorted(known_s))})")
     for path, flag in ((a.echoload, "--echoload"), (a.echoserv, "--echoserv")):
         if path and not os.access(path, os.X_OK):
@@ -1000,6 +1110,7 @@ def parse_args(argv: list[str] | None) -> Options:
         max_others=a.max_others,
         quiet_wait=max(0.0, a.quiet_wait),
         wait_budget=max(0.0, a.wait_budget),
+        baseline_revs=a.baseline_rev,
     )
 
 
@@ -1039,7 +1150,16 @@ def main(argv: list[str] | None = None) -> int:
         opts.idle_conns = max(100, nofile - 200)
         notes.append(f"RLIMIT_NOFILE is {nofile}: the idle workload used {opts.idle_conns}")
 
+    baselines: dict[str, str] = {}
+    for rev in opts.baseline_revs:
+        python, sha = prepare_baseline(rev)
+        baselines[rev] = python
+        notes.append(f"socketloop@{rev} is commit {sha[:12]}, installed in {shown_path(python)}")
+    echo_servers = with_baselines(ECHO_SERVERS, baselines)
+    http_servers = with_baselines(HTTP_SERVERS, baselines)
     wanted = set(opts.servers) if opts.servers else None
+    if wanted is not None:  # a socketloop server asked for brings its baseline twins
+        wanted |= {f"{sid}@{rev}" for sid in wanted for rev in baselines}
     workloads = [w for w in WORKLOADS if w.id in opts.workloads]
     if opts.idle_conns != IDLE_CONNECTIONS:  # --quick, or a low descriptor limit
         title = f"memory per idle connection, {opts.idle_conns:,}"
@@ -1071,10 +1191,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plan: dict[str, list[Server]] = {}
     for w in workloads:
-        pool = HTTP_SERVERS if w.mode == "http" else ECHO_SERVERS
+        pool = http_servers if w.mode == "http" else echo_servers
         plan[w.id] = [s for s in pool if available(s)]
     for sid, why in skipped.items():
-        if sid in {s.id for s in ECHO_SERVERS + HTTP_SERVERS}:
+        if sid in {s.id for s in echo_servers + http_servers}:
             notes.append(f"{sid} not measured: {why}")
 
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -1127,6 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "revision": revision,
+        "baselines": {rev: shown_path(python) for rev, python in baselines.items()},
         "versions": {
             name: version_of(name)
             for name in ("socketloop", "greenlet", "gevent", "uvloop", "trio", "matplotlib")
@@ -1157,8 +1278,8 @@ def main(argv: list[str] | None = None) -> int:
         "meta": meta,
         "workloads": [w.__dict__ for w in workloads],
         "servers": {
-            "echo": {s.id: s.label for s in ECHO_SERVERS},
-            "http": {s.id: s.label for s in HTTP_SERVERS},
+            "echo": {s.id: s.label for s in echo_servers},
+            "http": {s.id: s.label for s in http_servers},
         },
         "summary": summary,
         "targets": evaluate_targets(summary),

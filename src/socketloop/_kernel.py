@@ -57,7 +57,7 @@ Hooks other layers register: ``_on_close(fn)`` (run by ``close()`` before
 the driver is released), ``_on_fork(fn)`` (run in a forked child after the
 kernel reset itself), ``_on_idle(fn)`` (``start()`` found nothing pending:
 return True if you made progress possible).  Introspection:
-``_describe_wait(thread)``, ``_has_pending()``, ``_has_ready_besides(t)``,
+``_describe_wait(thread)``, ``_has_pending()``, ``_has_runnable_besides(t)``,
 ``_polling``, ``_dispatching``, ``_owner``.  The driver seam for a host
 event loop: ``_poller.fileno()``, ``step(0)`` and ``_next_timeout(None)``
 (see ``_driver``).
@@ -523,7 +523,7 @@ class Kernel(Scheduler):
         0 when something is ready to run; the delay to the next timer;
         ``timeout`` itself when nothing is due sooner (None then means "until
         I/O").  A host event loop driving the kernel arms its timer with
-        this (see ``_driver``).
+        this (see ``_driver``).  ``_step`` makes the same computation inline.
         """
         if self._ready or self._callbacks or self._threadsafe or self._stopping:
             return 0.0
@@ -543,7 +543,19 @@ class Kernel(Scheduler):
         # the full _has_pending() is not needed.
         if not (self._readers or self._ready or self._has_pending()):
             return False
-        poll_timeout = self._next_timeout(timeout)
+        # _next_timeout(), written out: this runs once per poll.
+        if self._ready or self._callbacks or self._threadsafe or self._stopping:
+            poll_timeout: float | None = 0.0
+        else:
+            poll_timeout = timeout if timeout is None else max(0.0, timeout)
+            if self._timers._heap:
+                next_deadline = self._timers.next_deadline()
+                if next_deadline is not None:
+                    until = max(0.0, next_deadline - time.monotonic())
+                    if poll_timeout is None or until < poll_timeout:
+                        poll_timeout = until
+            if poll_timeout is not None and poll_timeout > MAX_POLL_TIMEOUT:
+                poll_timeout = MAX_POLL_TIMEOUT
         me = getcurrent()
         self._dispatcher = me
         self._dispatching = True

@@ -132,6 +132,12 @@ class Scheduler(IdlePool):
         self._owner: int | None = None
         self._root: greenlet | None = None
 
+    def _has_runnable_besides(self, thread: Thread[Any]) -> bool:
+        """Whether a thread other than ``thread`` is running or scheduled to run."""
+        return any(t is not thread and t._state in (READY, RUNNING) for t in self._threads) or any(
+            t is not thread for t in self._ready
+        )
+
     # Provided by the kernel.
     def step(self, timeout: float | None = None) -> bool:
         raise NotImplementedError

@@ -36,7 +36,6 @@ from . import _originals
 from ._asocket import AsyncSocket
 from ._errors import BusyResourceError
 from ._loop import Loop
-from ._threads import READY, RUNNING
 
 __all__ = [
     "check_half_closeable_stream",
@@ -107,9 +106,7 @@ def wait_all_threads_blocked(loop: Loop, *, rounds: int = 2) -> None:
         raise RuntimeError("wait_all_threads_blocked() must be called from a loop thread")
     quiet = 0
     while quiet <= rounds:
-        busy = any(t is not me and t._state in (READY, RUNNING) for t in loop.threads()) or any(
-            t is not me for t in loop._ready
-        )
+        busy = loop._has_runnable_besides(me)
         quiet = 0 if busy else quiet + 1
         loop.sleep(0)
 
