@@ -1154,7 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
     for rev in opts.baseline_revs:
         python, sha = prepare_baseline(rev)
         baselines[rev] = python
-        notes.append(f"socketloop@{rev} is commit {sha[:12]}, installed in {shown_path(python)}")
+        venv = shown_path(Path(python).parent.parent)
+        notes.append(f"socketloop@{rev} is commit {sha[:12]}, installed in {venv}/")
     echo_servers = with_baselines(ECHO_SERVERS, baselines)
     http_servers = with_baselines(HTTP_SERVERS, baselines)
     wanted = set(opts.servers) if opts.servers else None
@@ -1247,7 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "revision": revision,
-        "baselines": {rev: shown_path(python) for rev, python in baselines.items()},
+        "baselines": {rev: shown_path(Path(p).parent.parent) for rev, p in baselines.items()},
         "versions": {
             name: version_of(name)
             for name in ("socketloop", "greenlet", "gevent", "uvloop", "trio", "matplotlib")
