@@ -40,6 +40,7 @@ SERVICES = {
     "_introspect",
     "_pool",
     "_select",
+    "_sockcalls",
     "_server",
     "_sync",
     "_timeouts",

@@ -20,8 +20,9 @@ import ssl as _ssl
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _originals
-from ._asocket import _UNSET, AsyncSocket, register_starttls
+from ._asocket import AsyncSocket, register_starttls
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
+from ._sockcalls import _UNSET
 
 if TYPE_CHECKING:
     from ._loop import Loop
