@@ -29,6 +29,7 @@ KERNEL = {
     "_signals",
     "_threads",
     "_timers",
+    "_version",
     "_wakeup",
 }
 #: The services above the kernel and below the façade.
@@ -152,6 +153,7 @@ def test_every_module_of_the_layers_is_named_here() -> None:
         "_patch",
         "_workers",
         "coro",
+        "gunicorn",
         "socket",
         "ssl",
         "testing",
