@@ -69,7 +69,12 @@ class Instance:
             if len(found) >= count:
                 return found[:count]
             if time.monotonic() > deadline or (self.proc.poll() is not None and self._done()):
-                raise AssertionError(f"no {count} x {pattern!r} in the log:\n{self.log()}")
+                ended = self.proc.poll()
+                out = self.proc.stdout.read() if ended is not None and self.proc.stdout else ""
+                raise AssertionError(
+                    f"no {count} x {pattern!r} in the log (exit status {ended}, "
+                    f"output {out!r}):\n{self.log()}"
+                )
             time.sleep(0.01)  # polling the log, not synchronising
 
     def _done(self) -> bool:
