@@ -563,7 +563,6 @@ class _Supervisor:
         self.shared: _socket.socket | None = None
         self.address: Any = None
         self.stopping = False
-        self.stop_deadline: float | None = None
         self.fatal = ""
         self.ever_served = False
         self.restart_queue: deque[_Slot] = deque()
