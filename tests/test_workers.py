@@ -69,7 +69,12 @@ class Instance:
             if len(found) >= count:
                 return found[:count]
             if time.monotonic() > deadline or (self.proc.poll() is not None and self._done()):
-                raise AssertionError(f"no {count} x {pattern!r} in the log:\n{self.log()}")
+                ended = self.proc.poll()
+                out = self.proc.stdout.read() if ended is not None and self.proc.stdout else ""
+                raise AssertionError(
+                    f"no {count} x {pattern!r} in the log (exit status {ended}, "
+                    f"output {out!r}):\n{self.log()}"
+                )
             time.sleep(0.01)  # polling the log, not synchronising
 
     def _done(self) -> bool:
@@ -101,7 +106,10 @@ class Instance:
     def finish(self, timeout: float = WAIT) -> tuple[int, str]:
         """Wait for the child to end; its exit status and stdout."""
         # Not communicate(): it would read stderr too, under the reader's feet.
-        self.proc.wait(timeout)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the child did not end:\n{self.log()}") from None
         assert self.proc.stdout is not None
         out = self.proc.stdout.read()
         self.proc.stdout.close()
@@ -227,6 +235,14 @@ def test_two_workers_both_serve_and_are_counted(start: Callable[..., Instance], 
     assert summary["accepted"] == 200
 
 
+def test_the_binding_options_of_newserver_apply_to_the_supervisors_listeners(
+    start: Callable[..., Instance],
+) -> None:
+    server = start(workers=2, backlog=16, reuse_port=True, max_connections=8).serving()
+    assert len(server.pids_seen(2)) == 2
+    assert server.stop()["died"] == 0
+
+
 def test_a_second_instance_fails_fast_with_address_in_use(start: Callable[..., Instance]) -> None:
     first = start(workers=2).serving()
     began = time.monotonic()
@@ -282,11 +298,11 @@ def test_a_worker_that_cannot_start_serving_stops_the_supervisor_with_an_error(
 def test_a_blocked_worker_is_killed_after_timeout_and_replaced(
     start: Callable[..., Instance],
 ) -> None:
-    server = start(workers=2, timeout=1.0).serving()
+    server = start(workers=2, timeout=2.0).serving()
     began = time.monotonic()
     blocked = server.ask("block")
     server.wait_for(rf"worker {blocked} \(slot \d\) is blocked \(no heartbeat")
-    assert time.monotonic() - began >= 1.0
+    assert time.monotonic() - began >= 2.0
     server.wait_for(r"started worker \d+", count=3)
     assert blocked not in server.pids_seen(2)
     summary = server.stop()
@@ -376,7 +392,7 @@ def test_max_requests_recycles_workers_without_failed_requests(
     assert summary["recycled"] >= 4
     recycled = [w for w in summary["workers"] if w["reason"] == "max_requests"]
     assert len(recycled) >= 4
-    assert all(20 <= w["accepted"] <= 25 + 2 for w in recycled), recycled
+    assert all(20 <= w["accepted"] <= 25 for w in recycled), recycled
 
 
 def test_shared_listener_serves_every_connection_from_the_workers(

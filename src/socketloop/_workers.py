@@ -107,6 +107,16 @@ MAX_WORKERS = 512
 
 BALANCE_MODES = ("reuseport", "shared")
 
+#: The signals the supervisor handles.
+HANDLED_SIGNALS = {
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+}
+
 # Worker states, written by the worker into its record.
 STARTING, SERVING, DRAINING = 0, 1, 2
 
@@ -186,7 +196,9 @@ class WorkerFunctions(Generic[L]):
         """Serve ``handler`` on ``host``:``port`` in ``workers`` processes; block until stopped.
 
         ``handler`` and ``server_options`` are what ``newserver`` takes; each
-        worker runs its own default loop with one server.  ``workers=1``
+        worker runs its own default loop with one server (``backlog`` and
+        ``family`` apply to the listeners the supervisor binds, ``reuse_port``
+        is implied by the balance mode).  ``workers=1``
         serves in the calling process (no fork, no supervision; SIGTERM and
         SIGINT stop it gracefully, ``max_requests`` is refused).  With more,
         the calling process becomes the supervisor:
@@ -253,6 +265,8 @@ class _Config:
     max_requests_jitter: int
     options: dict[str, Any]
     get_loop: Callable[[], Loop]
+    backlog: int = DEFAULT_BACKLOG
+    family: int = 0
 
     def validate(self) -> None:
         if not callable(self.handler):
@@ -271,9 +285,14 @@ class _Config:
             raise ValueError("max_requests and max_requests_jitter must not be negative")
         if self.max_requests and self.workers == 1:
             raise ValueError("max_requests recycles worker processes: it needs workers >= 2")
-        for name in ("exclusive", "reuse_port"):
-            if name in self.options:
-                raise ValueError(f"{name} is chosen by run_server (see balance)")
+        if "exclusive" in self.options:
+            raise ValueError("exclusive is chosen by run_server (see balance)")
+        if self.workers > 1:
+            # How the listeners are bound is the supervisor's business: these
+            # are newserver's binding options, not the Server's.
+            self.options.pop("reuse_port", None)  # implied by balance
+            self.backlog = self.options.pop("backlog", None) or DEFAULT_BACKLOG
+            self.family = self.options.pop("family", 0)
 
 
 def _format(address: Any) -> str:
@@ -296,13 +315,13 @@ def _describe_status(status: int) -> str:
 def _serve_in_process(config: _Config) -> dict[str, Any]:
     """``workers=1``: the server runs in the calling process, on its default loop."""
     loop = config.get_loop()
-    server = loop.newserver(config.host, config.port, config.handler, **config.options)
+    server: Server | None = None
     pid = os.getpid()
     started = time.monotonic()
     stopping: list[str] = []
 
     def drain(signum: int) -> None:
-        if stopping:
+        if stopping or server is None:
             return
         stopping.append(signal.Signals(signum).name)
         logger.info(
@@ -317,6 +336,12 @@ def _serve_in_process(config: _Config) -> dict[str, Any]:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.on_signal(signum, drain)
+    try:
+        server = loop.newserver(config.host, config.port, config.handler, **config.options)
+    except BaseException:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.on_signal(signum, None)
+        raise
     logger.info("process %d: serving %s (workers=1, in process)", pid, _format(server.address))
     try:
         loop.start()
@@ -456,6 +481,10 @@ class _WorkerProcess:
         def counted(conn: AsyncSocket) -> object:
             self.count += 1
             if self.count == self.limit and self.loop is not None:
+                # Closed now, not when the drain thread runs: the accept
+                # thread could take a burst of connections before that.
+                if self.server is not None:
+                    self.server.close()
                 self.loop.spawn(self.drain, f"max_requests ({self.limit})", 1)
             return handler(conn)
 
@@ -532,7 +561,6 @@ class _Supervisor:
         self.shared: _socket.socket | None = None
         self.address: Any = None
         self.stopping = False
-        self.stop_deadline: float | None = None
         self.fatal = ""
         self.ever_served = False
         self.restart_queue: deque[_Slot] = deque()
@@ -549,12 +577,14 @@ class _Supervisor:
         if config.balance == "shared":
             # The one listener, held here for the run: a second instance's
             # bind fails on it.
-            self.shared = bind_socket(config.host, config.port)
+            self.shared = bind_socket(
+                config.host, config.port, family=config.family, backlog=config.backlog
+            )
             self.address = self.shared.getsockname()
             return
         # The probe-and-hold bind: no SO_REUSEPORT, not listening (see the
         # charter for why this, and not a reuseport socket, is what fails).
-        self.hold = bind_socket(config.host, config.port, backlog=None)
+        self.hold = bind_socket(config.host, config.port, family=config.family, backlog=None)
         self.address = self.hold.getsockname()
 
     def open_listener(self) -> _socket.socket:
@@ -567,7 +597,7 @@ class _Supervisor:
             self.address[1],
             family=self.hold.family if self.hold is not None else 0,
             reuse_port=True,
-            backlog=DEFAULT_BACKLOG,
+            backlog=self.config.backlog,
         )
 
     def close_sockets(self) -> None:
@@ -587,9 +617,16 @@ class _Supervisor:
             limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         record = self.free_records.pop()
         _RECORD.pack_into(self.records, record * _RECORD.size, 0, 0, STARTING, 0, 0, 0)
-        pid = os.fork()
-        if pid == 0:
-            self.become_worker(slot, record, limit)
+        # Blocked across the fork: until the child has its own handlers, a
+        # signal sent to it would run the supervisor's handler (a copy of
+        # our state: lost).  Blocked, it waits for the child's handlers.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self.become_worker(slot, record, limit, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         now = time.monotonic()
         worker = _Worker(slot=slot, pid=pid, record=record, started=now, last_change=now)
         self.live.append(worker)
@@ -599,7 +636,9 @@ class _Supervisor:
         logger.info("supervisor %d: started worker %d (slot %d)", self.pid, pid, slot.index)
         return worker
 
-    def become_worker(self, slot: _Slot, record: int, limit: int) -> NoReturn:
+    def become_worker(
+        self, slot: _Slot, record: int, limit: int, mask: set[int | signal.Signals]
+    ) -> NoReturn:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -612,6 +651,7 @@ class _Supervisor:
                 # action would kill a worker whose server has already
                 # accepted (and started serving) connections.
                 signal.signal(signum, lambda n, _frame: early.append(n))
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (self.notify_r, self.signal_r, self.signal_w):
                 os.close(fd)
             # Every other listener must close here: a copy kept open in this
@@ -852,14 +892,7 @@ class _Supervisor:
 
     def install_signals(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
-        for signum in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-            signal.SIGCHLD,
-        ):
+        for signum in HANDLED_SIGNALS:
             previous[signum] = signal.signal(signum, self.on_signal)
         previous[-1] = signal.set_wakeup_fd(self.signal_w, warn_on_full_buffer=False)
         return previous
