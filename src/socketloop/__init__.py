@@ -55,7 +55,7 @@ from ._workers import WorkerFunctions as _WorkerFunctions
 #: Submodules loaded on first attribute access (PEP 562), so that
 #: ``import socketloop`` stays cheap and ``socketloop.ssl.create_default_context()``
 #: works without a separate ``import socketloop.ssl``.
-_LAZY_SUBMODULES = frozenset({"extras", "socket", "ssl", "testing", "wsgi"})
+_LAZY_SUBMODULES = frozenset({"extras", "gunicorn", "socket", "ssl", "testing", "wsgi"})
 
 
 def __getattr__(name: str) -> object:
