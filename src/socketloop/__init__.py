@@ -54,7 +54,8 @@ from ._workers import WorkerFunctions as _WorkerFunctions
 
 #: Submodules loaded on first attribute access (PEP 562), so that
 #: ``import socketloop`` stays cheap and ``socketloop.ssl.create_default_context()``
-#: works without a separate ``import socketloop.ssl``.
+#: works without a separate ``import socketloop.ssl``.  Every public submodule
+#: belongs here (tests/test_package.py checks).
 _LAZY_SUBMODULES = frozenset({"extras", "gunicorn", "socket", "ssl", "testing", "wsgi"})
 
 
