@@ -154,7 +154,7 @@ def server_argv(name: str, app: str, port: int, workers: int, directory: Path) -
     ]
     if kind == "gthread":
         argv += ["--threads", "100"]  # one OS thread per connection of the load
-    if "no_control_socket" in _gunicorn_settings():
+    if "control_socket_disable" in _gunicorn_settings():
         argv.append("--no-control-socket")
     del prelude_gevent  # gunicorn's gevent worker patches by itself
     return [*argv, f"{module}:{app}"]

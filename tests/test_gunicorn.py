@@ -72,6 +72,7 @@ APP = textwrap.dedent(
 
     @app.get("/block")
     def block():
+        open(os.environ["HOLD_MARKER"] + ".block", "w").close()
         end = time.monotonic() + 30
         while time.monotonic() < end:  # CPU-bound: the worker's loop stops
             pass
@@ -164,7 +165,7 @@ def start_gunicorn(directory: Path, backend_port: int, *args: str, hold: float =
         "10",
         *args,
     ]
-    if any(s.name == "no_control_socket" for s in gunicorn.config.KNOWN_SETTINGS):
+    if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
         argv.append("--no-control-socket")
     argv.append("slapp:app")
     env = dict(os.environ)
@@ -338,10 +339,16 @@ def test_blocked_loop_misses_heartbeats_and_is_replaced(
 ) -> None:
     server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "--timeout", "2")
     old = server.worker_pid()
-    try:
-        server.get("/block", timeout=1)
-    except requests.RequestException:
-        pass  # the worker is stuck (then killed): no answer
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("GET", "/block")
+    marker = tmp_path / "holding.block"
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the request never reached the app"
+        time.sleep(0.01)  # polling for the app to be inside the request
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        conn.getresponse()  # the worker is killed inside the request: no answer
+    conn.close()
     server.wait_for_new_worker(old, timeout=40)
     assert "WORKER TIMEOUT" in server.log()
 

@@ -98,6 +98,12 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             "on_response": self._on_response,
             "environ": {"SERVER_SOFTWARE": "gunicorn (socketloop worker)"},
         }
+        # Beat before serving: creating a server accepts (and starts serving)
+        # connections already waiting in the backlog at once, and a request
+        # that blocks there must find a heartbeat the arbiter can age; the
+        # heartbeat file's first timestamp (its creation time, on another
+        # clock) never looks old to it.
+        self.notify()
         self.servers = []
         for listener in self.sockets:
             handler = wsgi.handler(self.wsgi, **options)
@@ -115,8 +121,7 @@ class Worker(_BaseWorker):  # type: ignore[misc]
         if self.timeout:
             interval = min(interval, max(self.timeout / 2, 0.05))
         self._interval = interval
-        self.notify()
-        loop.call_later(interval, self._tick)
+        loop.call_soon(self._tick)
         try:
             while not (self._done or self._quick):
                 loop.start()
