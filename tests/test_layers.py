@@ -146,9 +146,11 @@ def test_every_module_of_the_layers_is_named_here() -> None:
     # the drop-ins, the extras), so the checks above cover it.
     above = {
         "__init__",
+        "aio",
         "_api",
         "_cli",
         "_coro",
+        "_hostdriver",
         "_loop",
         "_patch",
         "_workers",

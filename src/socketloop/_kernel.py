@@ -510,6 +510,7 @@ class Kernel(Scheduler):
         the loop stays usable.
         """
         self._claim()
+        self._refuse_if_hosted("step()")
         g = getcurrent()
         if isinstance(g, Thread) and g._loop is self:
             raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
@@ -658,6 +659,7 @@ class Kernel(Scheduler):
         polling or a thread is running); the loop can be started again.
         """
         self._claim()
+        self._refuse_if_hosted("start()")
         if self._running:
             raise RuntimeError("this loop is already running")
         g = getcurrent()
@@ -742,6 +744,63 @@ class Kernel(Scheduler):
         """Call ``hook()`` when ``start()`` finds nothing pending; True keeps it running."""
         self._idle_hooks.insert(len(self._idle_hooks) - 1, hook)  # before the deadlock breaker
 
+    # ------------------------------------------------- host driver entry points
+    #
+    # What the host driver (``_hostdriver``: the kernel run by an asyncio or
+    # uvloop event loop, see ``_driver``) uses beyond ``_poller.fileno()``,
+    # ``_next_timeout`` and the wait protocol (``_block``/``_wake``).  Nothing
+    # else in the kernel knows about hosting except the ``_host_kick`` checks
+    # in ``_claim``/``_schedule``, ``host_guard`` and ``_refuse_if_hosted``.
+
+    def _refuse_if_hosted(self, what: str) -> None:
+        if self._host is not None:
+            raise RuntimeError(
+                f"{what} on a loop hosted by an asyncio loop: the host drives it "
+                "(leave `async with socketloop.aio.hosted()` first)"
+            )
+
+    def _host_attach(self, driver: Any, kick: Callable[[], None]) -> None:
+        """Hand the loop to ``driver``; ``kick()`` asks it for a step soon.
+
+        Raises ``RuntimeError`` when already hosted or running, or when
+        called from a loop thread or callback.
+        """
+        self._claim()
+        if self._host is not None:
+            raise RuntimeError(f"{self!r} is already hosted by an asyncio loop")
+        if self._running or self._dispatching or isinstance(getcurrent(), Thread):
+            raise RuntimeError("a running loop cannot be hosted; start() drives it already")
+        self._host = driver
+        self._host_kick = kick
+
+    def _host_detach(self) -> None:
+        self._host = None
+        self._host_kick = None
+
+    def _host_observe_interest(self, observer: Callable[[int, int], object] | None) -> None:
+        """Without an fd to hand the host (the poll driver): report every
+        change of per-fd interest as ``observer(fd, poll_mask)``."""
+        self._poller.observe(observer)  # type: ignore[attr-defined]
+
+    def _host_set_max_events(self, count: int) -> None:
+        """Cap the readiness events one step takes (-1: the driver's default)."""
+        if hasattr(self._poller, "max_events"):
+            self._poller.max_events = count
+
+    def _host_step(self) -> bool:
+        """One non-blocking step, run by the host; True if work is left ready.
+
+        Unlike ``step(0)`` it always polls: the host watches the epoll fd
+        level-triggered, so readiness nobody waits for must be taken out of
+        the epoll set, or the host would report the fd again at once.
+        """
+        if not (self._readers or self._ready or self._has_pending()):
+            self._poller.poll(0.0)
+            self._turn += 1  # readiness may have been dropped: sockets must retry
+            return False
+        self._step(0.0)
+        return bool(self._ready or self._callbacks or self._threadsafe)
+
     # ------------------------------------------------------------- closing
 
     def close(self) -> None:
@@ -756,6 +815,7 @@ class Kernel(Scheduler):
             raise RuntimeError("a loop can only be closed from the OS thread that runs it")
         if self._running or self._dispatching:
             raise RuntimeError("cannot close a running loop; stop() it first")
+        self._refuse_if_hosted("close()")
         g = getcurrent()
         if isinstance(g, Thread) and g._loop is self:
             raise RuntimeError("a loop cannot be closed from one of its own threads")

@@ -329,6 +329,9 @@ class Loop(Kernel):
         The signal wakes a polling loop at once.
         """
         self._claim()
+        if self._host is not None:  # hosted: through the host's add_signal_handler
+            self._host.on_signal(signum, handler)
+            return
         if handler is None:
             self._signal_handlers.restore(signum)
             return

@@ -51,12 +51,16 @@ class EpollPoller:
     #: Events meaning end of stream, hang-up or error.
     HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
-    __slots__ = ("_epoll", "owner")
+    __slots__ = ("_epoll", "max_events", "owner")
 
     def __init__(self, owner: object = None) -> None:
         self._epoll = select.epoll()
         #: The loop this poller serves (sockets find their loop through it).
         self.owner: Any = owner
+        #: Most events one ``poll`` returns (-1: the default).  A host event
+        #: loop lowers it so one step cannot take unbounded time; events left
+        #: over stay in the epoll ready list for the next poll.
+        self.max_events = -1
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -106,7 +110,7 @@ class EpollPoller:
         """No-op: edge-triggered registrations cover both directions."""
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        return self._epoll.poll(-1 if timeout is None else timeout)
+        return self._epoll.poll(-1 if timeout is None else timeout, self.max_events)
 
     def close(self) -> None:
         self._epoll.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import select
+from collections.abc import Callable
 from typing import Any
 
 from . import _originals
@@ -31,13 +32,26 @@ class PollPoller:
     #: Events meaning end of stream, hang-up or error.
     HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
-    __slots__ = ("_masks", "_poll", "owner")
+    __slots__ = ("_masks", "_observer", "_poll", "owner")
 
     def __init__(self, owner: object = None) -> None:
         self._poll = _originals.poll()
         self._masks: dict[int, int] = {}
         #: The loop this poller serves (sockets find their loop through it).
         self.owner: Any = owner
+        self._observer: Callable[[int, int], object] | None = None
+
+    def observe(self, observer: Callable[[int, int], object] | None) -> None:
+        """Report every interest change as ``observer(fd, mask)`` (None: stop).
+
+        The current interests are reported at once.  A host event loop uses
+        this to watch each waited fd itself (there is no single fd to hand
+        it, unlike epoll).
+        """
+        self._observer = observer
+        if observer is not None:
+            for fd, mask in list(self._masks.items()):
+                observer(fd, mask)
 
     def fileno(self) -> int:
         return -1
@@ -56,6 +70,8 @@ class PollPoller:
     def unregister(self, fd: int) -> None:
         if self._masks.pop(fd, None) is not None:
             self._poll.unregister(fd)
+            if self._observer is not None:
+                self._observer(fd, 0)
 
     def set_interest(self, fd: int, read: bool, write: bool) -> None:
         mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
@@ -68,6 +84,8 @@ class PollPoller:
         else:
             del self._masks[fd]
             self._poll.unregister(fd)
+        if self._observer is not None:
+            self._observer(fd, mask)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         if timeout is None:
@@ -77,6 +95,8 @@ class PollPoller:
     def close(self) -> None:
         for fd in list(self._masks):
             self._poll.unregister(fd)
+            if self._observer is not None:
+                self._observer(fd, 0)
         self._masks.clear()
 
     def abandon(self) -> None:

@@ -90,7 +90,19 @@ def is_dispatching(g: greenlet) -> bool:
     A blocking call made there (from a loop callback) is refused instead of
     freezing every thread.  Only slow paths ask, so this scans the loops.
     """
-    return any(loop._dispatching and loop._dispatcher is g for loop in loops_of_this_os_thread())
+    if any(loop._dispatching and loop._dispatcher is g for loop in loops_of_this_os_thread()):
+        return True
+    if host_guard is not None:  # hosting: see Kernel's "host driver entry points"
+        host_guard(g, None)
+    return False
+
+
+#: Set by the host driver (``_hostdriver``) while any loop is hosted on an
+#: asyncio loop: ``host_guard(g, what)`` raises ``RuntimeError`` when ``g``
+#: is asyncio code (not a loop thread) of an OS thread whose running asyncio
+#: loop hosts a socketloop loop, since a blocking call there would freeze
+#: asyncio.  ``what`` names the call (None: a socket call or primitive wait).
+host_guard: Callable[[greenlet, str | None], None] | None = None
 
 
 def open_loops() -> list[Loop]:
@@ -131,6 +143,10 @@ class Scheduler(IdlePool):
         self._closed = False
         self._owner: int | None = None
         self._root: greenlet | None = None
+        #: The host driver while hosted on an asyncio loop, and its wake-up
+        #: call (see Kernel's "host driver entry points").
+        self._host: Any = None
+        self._host_kick: Callable[[], None] | None = None
 
     def _has_runnable_besides(self, thread: Thread[Any]) -> bool:
         """Whether a thread other than ``thread`` is running or scheduled to run."""
@@ -170,6 +186,10 @@ class Scheduler(IdlePool):
             while root.parent is not None:
                 root = root.parent
             self._root = root
+        if self._host_kick is not None and not self._dispatching:
+            # Hosted, called from asyncio code: whatever this call adds
+            # (threads, callbacks, timers) needs a step the host must run.
+            self._host_kick()
         return root
 
     # -------------------------------------------------------------- threads
@@ -271,6 +291,8 @@ class Scheduler(IdlePool):
         raise RuntimeError(f"{what} must be called from a thread of this loop")
 
     def _refuse_in_dispatcher(self, g: greenlet, what: str) -> None:
+        if host_guard is not None:
+            host_guard(g, what)
         if is_dispatching(g):
             raise RuntimeError(
                 f"{what} would block the whole loop: it was called from a loop callback "
@@ -370,6 +392,8 @@ class Scheduler(IdlePool):
         thread._wake_value = value
         thread._wake_exc = exc
         self._ready.append(thread)
+        if self._host_kick is not None and not self._dispatching:
+            self._host_kick()  # hosted: made ready from asyncio code
 
     def _timer_wake(self, thread: Thread[Any], value: object = None) -> None:
         """Timer callback: end a wait (sleep) if it is still in progress."""
@@ -536,6 +560,8 @@ class Scheduler(IdlePool):
             raise TypeError(f"kill() expects an exception class or instance, not {exc!r}")
         if thread._state == DEAD:
             return
+        if block and host_guard is not None:
+            host_guard(getcurrent(), "a blocking kill()")
         error = exc() if isinstance(exc, type) else exc
         if thread._fn_args is not None:  # never started: it simply never runs
             thread._fn_args = None

@@ -14,6 +14,7 @@ import os
 import socket as _socket
 import ssl
 import stat
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,16 @@ logger = logging.getLogger("socketloop")
 
 #: What a connection thread over ``max_connections`` waits on (and how dump() says it).
 _SLOT_WAIT = "a free connection slot"
+
+#: Servers not yet closed, so that leaving ``socketloop.aio.hosted()`` on an
+#: error can close those of its loop (see ``open_servers``).
+_open: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def open_servers(loop: Loop) -> list[Server]:
+    """The servers of ``loop`` that are not closed."""
+    return [server for server in list(_open) if server._loop is loop and not server._closed]
+
 
 #: Listen backlog: as deep as the OS allows, so bursts wait in the kernel
 #: instead of being refused while the accept thread is busy.
@@ -199,6 +210,7 @@ class Server:
         self._drained: Event | None = None  # set when the last handler ends during stop()
         self._backoff = 0.0
         self._slot_waiter: Thread[Any] | None = None
+        _open.add(self)
         self._thread = loop.newthread(self._accept_loop)
         self._thread.name = f"server {format_address(self.address)}"
 
@@ -292,6 +304,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        _open.discard(self)
         self._unregister_listener()
         self.socket.close()
         server_closing = getattr(self._handler, "server_closing", None)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -54,6 +54,10 @@ STATE_NAMES = ("new", "ready", "running", "normal", "suspended", "waiting", "dea
 
 _counter = itertools.count(1)
 _greenlet_dead: Any = greenlet.dead.__get__
+
+#: How ``await thread`` waits: installed by ``socketloop.aio`` (the layer
+#: above that knows asyncio), so this module never imports it.
+await_hook: Callable[[Thread[Any]], Generator[Any, None, Any]] | None = None
 
 
 class Thread(greenlet, Generic[T]):
@@ -259,6 +263,22 @@ class Thread(greenlet, Generic[T]):
         if self._state == DEAD:
             return
         self._loop._kill(self, exc, block=block, timeout=timeout)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await thread`` in asyncio code: ``join()`` without blocking the host loop.
+
+        Only for a thread of a loop hosted on the running asyncio loop
+        (``socketloop.aio.hosted()``); elsewhere ``RuntimeError``.
+        Cancelling the awaiting task kills the thread and waits for it.
+        """
+        hook = await_hook
+        if hook is None:
+            raise RuntimeError(
+                "`await thread` needs its loop hosted on the running asyncio loop: "
+                "use `async with socketloop.aio.hosted():`"
+            )
+        result: T = yield from hook(self)
+        return result
 
     def __repr__(self) -> str:
         state = STATE_NAMES[self._state]

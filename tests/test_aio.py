@@ -1,0 +1,664 @@
+"""socketloop hosted inside asyncio and uvloop (``socketloop.aio``).
+
+Every hosted test runs on both hosts (asyncio's default loop and uvloop) and
+on three socketloop loops: the default loop (``socketloop.get_loop()``), the
+symmetric one (``socketloop.coro.get_loop()``) and a loop on the ``poll``
+backend, which the host watches fd by fd instead of through one epoll fd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+import socketloop
+import socketloop.aio
+from socketloop import Loop, ThreadExit
+
+HOSTS = ["asyncio", "uvloop"]
+KINDS = ["default", "coro", "poll"]
+
+
+def run_on(host: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``main()`` to completion on a fresh event loop of ``host``."""
+    if host == "uvloop":
+        return uvloop.run(main())  # type: ignore[arg-type]
+    return asyncio.run(main())  # type: ignore[arg-type]
+
+
+class Hosting:
+    """One host and one socketloop loop; ``run(body)`` runs ``body(loop)`` hosted."""
+
+    def __init__(self, host: str, loop: Loop) -> None:
+        self.host = host
+        self.loop = loop
+
+    def run(self, body: Callable[[Loop], Awaitable[Any]]) -> Any:
+        async def main() -> Any:
+            async with socketloop.aio.hosted(self.loop) as loop:
+                return await body(loop)
+
+        return run_on(self.host, main)
+
+
+def _make(kind: str) -> Loop:
+    if kind == "default":
+        socketloop.get_loop().close()
+        return socketloop.get_loop()
+    if kind == "coro":
+        socketloop.coro.get_loop().close()
+        return socketloop.coro.get_loop()
+    return Loop(poller="poll")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def uvloop_warmed() -> None:
+    """Run uvloop once before the per-test fd check: libuv opens a process-wide
+    pipe on first use (for signals) and keeps it, which is not a leak."""
+
+    async def nothing() -> None:
+        pass
+
+    uvloop.run(nothing())
+
+
+@pytest.fixture(params=HOSTS)
+def host(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=KINDS)
+def hosting(request: pytest.FixtureRequest, host: str) -> Iterator[Hosting]:
+    loop = _make(request.param)
+    try:
+        yield Hosting(host, loop)
+    finally:
+        loop.close()
+
+
+def tcp_pair(loop: Loop) -> tuple[socketloop.AsyncSocket, socketloop.AsyncSocket]:
+    a, b = socket.socketpair()
+    return loop.wrap(a), loop.wrap(b)
+
+
+# ------------------------------------------------------------ hosted(), await
+
+
+def test_threads_spawned_in_hosted_run_and_their_results_are_awaited(hosting: Hosting) -> None:
+    def work(n: int) -> int:
+        hosting.loop.sleep(0.01)
+        return n * n
+
+    async def body(loop: Loop) -> list[int]:
+        threads = [loop.spawn(work, i) for i in range(10)]
+        return [await thread for thread in threads]
+
+    assert hosting.run(body) == [i * i for i in range(10)]
+
+
+def test_module_functions_work_hosted_on_the_default_loop(host: str) -> None:
+    socketloop.get_loop().close()
+
+    def echo_once(conn: socketloop.AsyncSocket) -> None:
+        conn.sendall(conn.recv(100))
+
+    async def main() -> bytes:
+        async with socketloop.aio.hosted() as loop:
+            assert loop is socketloop.get_loop()
+            server = socketloop.newserver("127.0.0.1", 0, echo_once)
+
+            def client() -> bytes:
+                conn = socketloop.connect("127.0.0.1", server.port)
+                try:
+                    conn.sendall(b"ping")
+                    return conn.recv(100)
+                finally:
+                    conn.close()
+                    server.close()
+
+            return await socketloop.spawn(client)
+
+    try:
+        assert run_on(host, main) == b"ping"
+    finally:
+        socketloop.get_loop().close()
+
+
+def test_awaiting_a_thread_reraises_its_exception(hosting: Hosting) -> None:
+    def fail() -> None:
+        hosting.loop.sleep(0)
+        raise KeyError("lost")
+
+    async def body(loop: Loop) -> str:
+        thread = loop.spawn(fail)
+        try:
+            await thread
+        except KeyError as exc:
+            return str(exc)
+        return "no exception"
+
+    assert hosting.run(body) == "'lost'"
+
+
+def test_awaiting_an_ended_thread_returns_its_result(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> int:
+        thread = loop.newthread(lambda: 7)
+        assert thread.dead
+        return await thread
+
+    assert hosting.run(body) == 7
+
+
+def test_cancelling_the_awaiting_task_kills_the_thread_and_waits_for_it(
+    hosting: Hosting,
+) -> None:
+    events: list[str] = []
+
+    def forever(a: socketloop.AsyncSocket) -> None:
+        try:
+            events.append("started")
+            a.recv(1)
+        finally:
+            hosting.loop.sleep(0.01)  # unwinding takes a while: it is waited for
+            events.append("unwound")
+
+    async def body(loop: Loop) -> list[str]:
+        a, b = tcp_pair(loop)
+        thread = loop.spawn(forever, a)
+        waiter = asyncio.ensure_future(_await(thread))
+        while not events:
+            await asyncio.sleep(0)
+        waiter.cancel()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            events.append("cancelled")
+        assert thread.dead
+        a.close()
+        b.close()
+        return events
+
+    assert hosting.run(body) == ["started", "unwound", "cancelled"]
+
+
+async def _await(thread: socketloop.Thread[Any]) -> Any:
+    return await thread
+
+
+def test_normal_exit_waits_until_the_threads_have_ended(hosting: Hosting) -> None:
+    done: list[str] = []
+
+    def slow() -> None:
+        hosting.loop.sleep(0.05)
+        done.append("thread")
+
+    async def body(loop: Loop) -> None:
+        loop.spawn(slow)
+
+    hosting.run(body)
+    assert done == ["thread"]
+
+
+def test_an_open_server_keeps_normal_exit_waiting_until_it_is_closed(hosting: Hosting) -> None:
+    order: list[str] = []
+
+    def handler(conn: socketloop.AsyncSocket) -> None:
+        conn.sendall(conn.recv(10))
+
+    async def main() -> None:
+        async with socketloop.aio.hosted(hosting.loop) as loop:
+            server = loop.newserver("127.0.0.1", 0, handler)
+
+            def client() -> None:
+                conn = loop.connect("127.0.0.1", server.port)
+                conn.sendall(b"x")
+                assert conn.recv(10) == b"x"
+                conn.close()
+                order.append("served")
+                loop.sleep(0.05)  # the block has ended by now; the server still runs
+                order.append("closing")
+                server.close()
+
+            loop.spawn(client)
+        order.append("exited")
+
+    run_on(hosting.host, main)
+    assert order == ["served", "closing", "exited"]
+
+
+def test_an_exception_kills_the_threads_closes_the_servers_and_propagates(
+    hosting: Hosting,
+) -> None:
+    unwound: list[str] = []
+    servers: list[socketloop.Server] = []
+
+    def blocked(a: socketloop.AsyncSocket) -> None:
+        try:
+            a.recv(1)
+        except ThreadExit:
+            unwound.append("ThreadExit")
+            raise
+        finally:
+            a.close()
+
+    async def main() -> None:
+        async with socketloop.aio.hosted(hosting.loop) as loop:
+            a, b = tcp_pair(loop)
+            servers.append(loop.newserver("127.0.0.1", 0, lambda conn: None))
+            loop.spawn(blocked, a)
+            await asyncio.sleep(0)
+            b.close()
+            raise ValueError("from the block")
+
+    with pytest.raises(ValueError, match="from the block"):
+        run_on(hosting.host, main)
+    assert unwound == ["ThreadExit"]
+    assert servers[0].closed
+    assert not hosting.loop.threads()
+
+
+def test_cancelling_the_block_kills_the_threads_and_propagates(hosting: Hosting) -> None:
+    unwound: list[str] = []
+
+    def sleeper() -> None:
+        try:
+            hosting.loop.sleep(3600)
+        finally:
+            unwound.append("finally")
+
+    async def main() -> str:
+        async def block() -> None:
+            async with socketloop.aio.hosted(hosting.loop) as loop:
+                loop.spawn(sleeper)
+                await asyncio.Event().wait()
+
+        task = asyncio.ensure_future(block())
+        while not hosting.loop.threads() or hosting.loop.threads()[0].state != "waiting":
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert run_on(hosting.host, main) == "cancelled"
+    assert unwound == ["finally"]
+
+
+def test_hosting_the_same_loop_twice_raises(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> None:
+        with pytest.raises(RuntimeError, match="already hosted"):
+            async with socketloop.aio.hosted(loop):
+                pass
+
+    hosting.run(body)
+
+
+def test_a_second_loop_on_the_same_asyncio_loop_raises(hosting: Hosting) -> None:
+    other = Loop()
+
+    async def body(loop: Loop) -> None:
+        with pytest.raises(RuntimeError, match="one per asyncio loop"):
+            async with socketloop.aio.hosted(other):
+                pass
+
+    try:
+        hosting.run(body)
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("call", ["start", "step", "close"])
+def test_start_step_and_close_of_a_hosted_loop_raise(hosting: Hosting, call: str) -> None:
+    async def body(loop: Loop) -> None:
+        with pytest.raises(RuntimeError, match="hosted"):
+            getattr(loop, call)()
+
+    hosting.run(body)
+
+
+def test_the_loop_runs_natively_again_after_hosting(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> None:
+        pass
+
+    hosting.run(body)
+    thread = hosting.loop.spawn(lambda: "native")
+    hosting.loop.start()
+    assert thread.join() == "native"
+
+
+def test_call_soon_threadsafe_from_an_os_thread_wakes_the_host(hosting: Hosting) -> None:
+    def waiter() -> str:
+        loop = hosting.loop
+        me = loop.current()
+        assert me is not None
+        threading.Thread(target=loop.resume_threadsafe, args=(me, "woken")).start()
+        return str(loop.suspend())
+
+    async def body(loop: Loop) -> str:
+        return await loop.spawn(waiter)
+
+    assert hosting.run(body) == "woken"
+
+
+def test_timers_and_callbacks_added_from_asyncio_code_run(hosting: Hosting) -> None:
+    fired: list[str] = []
+
+    async def body(loop: Loop) -> list[str]:
+        done = asyncio.get_running_loop().create_future()
+        loop.call_soon(fired.append, "soon")
+        loop.call_later(0.02, lambda: done.set_result(None))
+        await done
+        return fired
+
+    assert hosting.run(body) == ["soon"]
+
+
+def test_asyncio_tasks_run_while_threads_keep_the_loop_busy(hosting: Hosting) -> None:
+    ticks: list[int] = []
+
+    def spinner(stop: list[bool]) -> int:
+        rounds = 0
+        while not stop:
+            hosting.loop.sleep(0)
+            rounds += 1
+        return rounds
+
+    async def body(loop: Loop) -> tuple[int, int]:
+        stop: list[bool] = []
+        thread = loop.spawn(spinner, stop)
+        for i in range(100):
+            await asyncio.sleep(0)
+            ticks.append(i)
+        stop.append(True)
+        return len(ticks), await thread
+
+    count, rounds = hosting.run(body)
+    assert count == 100
+    assert rounds >= 50  # both sides advanced, interleaved
+
+
+# ------------------------------------------------------------------ await_
+
+
+def test_await_runs_a_coroutine_as_a_real_task(hosting: Hosting) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def inspect() -> tuple[bool, str]:
+        await asyncio.wait_for(asyncio.sleep(0), 5)
+        return asyncio.current_task() is not None, var.get()
+
+    def thread() -> tuple[bool, str]:
+        var.set("from the thread")
+        return socketloop.aio.await_(inspect())
+
+    async def body(loop: Loop) -> tuple[bool, str]:
+        return await loop.spawn(thread)
+
+    assert hosting.run(body) == (True, "from the thread")
+
+
+def test_await_suspends_only_the_calling_thread(hosting: Hosting) -> None:
+    progress: list[int] = []
+
+    async def body(loop: Loop) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def waiter() -> int:
+            return socketloop.aio.await_(future)
+
+        def other() -> None:
+            for i in range(5):
+                loop.sleep(0)
+                progress.append(i)
+
+            async def resolve() -> None:
+                future.set_result(len(progress))
+
+            socketloop.aio.await_(resolve())
+
+        first = loop.spawn(waiter)
+        loop.spawn(other)
+        return await first
+
+    assert hosting.run(body) == 5
+    assert progress == [0, 1, 2, 3, 4]
+
+
+def test_await_reraises_the_coroutines_exception(hosting: Hosting) -> None:
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise LookupError("async failure")
+
+    def thread() -> str:
+        try:
+            socketloop.aio.await_(fail())
+        except LookupError as exc:
+            return str(exc)
+        return "no exception"
+
+    async def body(loop: Loop) -> str:
+        return await loop.spawn(thread)
+
+    assert hosting.run(body) == "async failure"
+
+
+def test_killing_a_thread_in_await_cancels_the_task_and_waits_for_it(hosting: Hosting) -> None:
+    events: list[str] = []
+
+    async def long() -> None:
+        try:
+            events.append("task started")
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.01)  # the thread waits for this too
+            events.append("task finished")
+
+    def thread() -> None:
+        try:
+            socketloop.aio.await_(long())
+        finally:
+            events.append("thread unwound")
+
+    async def body(loop: Loop) -> None:
+        t = loop.spawn(thread)
+        while "task started" not in events:
+            await asyncio.sleep(0)
+        t.kill(block=False)
+        await t
+
+    hosting.run(body)
+    assert events == ["task started", "task finished", "thread unwound"]
+
+
+def test_a_timeout_scope_cancels_the_awaited_task(hosting: Hosting) -> None:
+    cancelled: list[bool] = []
+
+    async def long() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    def thread() -> str:
+        try:
+            with hosting.loop.timeout(0.02):
+                socketloop.aio.await_(long())
+        except TimeoutError:
+            return "timed out"
+        return "no timeout"
+
+    async def body(loop: Loop) -> str:
+        return await loop.spawn(thread)
+
+    assert hosting.run(body) == "timed out"
+    assert cancelled == [True]
+
+
+def test_a_task_cancelled_by_someone_else_raises_cancelled_error_in_the_thread(
+    hosting: Hosting,
+) -> None:
+    async def body(loop: Loop) -> str:
+        task = asyncio.ensure_future(asyncio.Event().wait())
+
+        def thread() -> str:
+            try:
+                socketloop.aio.await_(task)
+            except asyncio.CancelledError:
+                return "CancelledError"
+            return "no error"
+
+        t = loop.spawn(thread)
+        while t.state != "waiting":
+            await asyncio.sleep(0)
+        task.cancel()
+        return await t
+
+    assert hosting.run(body) == "CancelledError"
+
+
+def test_await_in_asyncio_code_raises_with_a_hint(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> None:
+        with pytest.raises(RuntimeError, match="use `await` directly"):
+            socketloop.aio.await_(asyncio.sleep(0))
+
+    hosting.run(body)
+
+
+def test_await_in_a_thread_of_an_unhosted_loop_raises_with_a_hint() -> None:
+    loop = Loop()
+    try:
+
+        def thread() -> None:
+            socketloop.aio.await_(asyncio.sleep(0))
+
+        with pytest.raises(RuntimeError, match="not hosted"):
+            loop.newthread(thread).join()
+    finally:
+        loop.close()
+
+
+def test_awaiting_a_thread_of_an_unhosted_loop_raises() -> None:
+    loop = Loop()
+    try:
+        thread = loop.spawn(lambda: None)
+
+        async def main() -> None:
+            await thread
+
+        with pytest.raises(RuntimeError, match="not hosted"):
+            asyncio.run(main())
+        loop.start()
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ guards
+
+
+def _blocking_calls(loop: Loop) -> dict[str, Callable[[], object]]:
+    a, b = tcp_pair(loop)
+    sleeper = loop.spawn(loop.sleep, 3600)
+    lock = socketloop.Lock()
+    holder = loop.newthread(lambda: (lock.acquire(), loop.suspend()))
+    calls: dict[str, Callable[[], object]] = {
+        "recv": lambda: a.recv(1),
+        "sleep": lambda: loop.sleep(0.01),
+        "join": sleeper.join,
+        "kill": sleeper.kill,
+        "event": lambda: socketloop.Event().wait(1),
+        "lock": lock.acquire,
+    }
+
+    def cleanup() -> None:
+        sleeper.kill(block=False)
+        holder.kill(block=False)
+        a.close()
+        b.close()
+
+    calls["_cleanup"] = cleanup
+    return calls
+
+
+@pytest.mark.parametrize("call", ["recv", "sleep", "join", "kill", "event", "lock"])
+def test_blocking_calls_from_asyncio_code_raise_naming_the_way_out(
+    hosting: Hosting, call: str
+) -> None:
+    async def body(loop: Loop) -> None:
+        calls = _blocking_calls(loop)
+        await asyncio.sleep(0)
+        try:
+            with pytest.raises(RuntimeError, match=r"spawn.*await thread.*await_"):
+                calls[call]()
+        finally:
+            calls["_cleanup"]()
+
+    hosting.run(body)
+
+
+def test_a_refused_blocking_kill_leaves_the_thread_alone(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> str:
+        thread = loop.spawn(loop.sleep, 0.01)
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="kill"):
+            thread.kill()
+        await thread
+        return thread.state
+
+    assert hosting.run(body) == "dead"
+
+
+def test_blocking_calls_from_a_callback_on_the_host_raise(hosting: Hosting) -> None:
+    async def body(loop: Loop) -> str:
+        a, b = tcp_pair(loop)
+        result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def callback() -> None:
+            try:
+                a.recv(1)
+            except RuntimeError as exc:
+                result.set_result(str(exc))
+
+        asyncio.get_running_loop().call_soon(callback)
+        try:
+            return await result
+        finally:
+            a.close()
+            b.close()
+
+    assert "await_" in hosting.run(body)
+
+
+# ------------------------------------------------------------------ fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_child_forked_while_hosted_gets_the_loop_detached_and_usable_natively(
+    hosting: Hosting,
+) -> None:
+    async def body(loop: Loop) -> int:
+        pid = os.fork()
+        if pid == 0:  # the child: the loop is no longer hosted, start() drives it
+            code = 1
+            try:
+                thread = loop.spawn(lambda: 42)
+                loop.start()
+                code = 0 if thread.join() == 42 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        # The parent goes on hosting undisturbed.
+        assert await loop.spawn(lambda: "parent") == "parent"
+        return os.waitstatus_to_exitcode(status)
+
+    assert hosting.run(body) == 0
