@@ -9,10 +9,16 @@ backend, which the host watches fd by fd instead of through one epoll fd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -662,3 +668,144 @@ def test_a_child_forked_while_hosted_gets_the_loop_detached_and_usable_natively(
         return os.waitstatus_to_exitcode(status)
 
     assert hosting.run(body) == 0
+
+
+# ----------------------------------------------------------------- signals
+
+SIGINT_CHILD = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    import socketloop, socketloop.aio
+
+    def wakeup_fd():
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        return fd
+
+    def worker():
+        try:
+            socketloop.sleep(3600)
+        finally:
+            print("unwound", flush=True)
+
+    async def main():
+        handler, fd = signal.getsignal(signal.SIGINT), wakeup_fd()
+        async with socketloop.aio.hosted() as loop:
+            threads = [loop.spawn(worker) for _ in range(3)]
+            while any(t.state != "waiting" for t in threads):
+                await asyncio.sleep(0)
+            same = signal.getsignal(signal.SIGINT) is handler and wakeup_fd() == fd
+            print("untouched" if same else "touched", flush=True)
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        if sys.argv[1] == "uvloop":
+            import uvloop
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    """
+)
+
+
+def test_ctrl_c_under_run_cancels_the_main_task_and_unwinds_the_threads(host: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_CHILD, host],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        lines = [child.stdout.readline().strip() for _ in range(2)]
+        assert lines == ["untouched", "ready"], child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert out.split() == ["unwound"] * 3 + ["KeyboardInterrupt"], err
+
+
+def test_on_signal_of_a_hosted_loop_goes_through_add_signal_handler(hosting: Hosting) -> None:
+    received: list[tuple[int, bool]] = []
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def handler(signum: int) -> None:
+        received.append((signum, hosting.loop.current() is not None))
+
+    async def body(loop: Loop) -> None:
+        loop.on_signal(signal.SIGUSR1, handler)
+        assert signal.getsignal(signal.SIGUSR1) is not before  # the host's handler now
+        os.kill(os.getpid(), signal.SIGUSR1)
+        while not received:
+            await asyncio.sleep(0)
+
+    hosting.run(body)
+    assert received == [(signal.SIGUSR1, True)]
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # removed when hosting ended
+
+
+# ------------------------------------------------------------------ patch()
+
+
+@contextlib.contextmanager
+def quietly_patched() -> Iterator[None]:
+    """``socketloop.patched()`` without its early-import warning (this test module
+    imports asyncio's modules, which keep originals, before patching)."""
+    with contextlib.ExitStack() as stack:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stack.enter_context(socketloop.patched())
+        yield
+
+
+def test_asyncio_streams_and_create_connection_work_under_patch(hosting: Hosting) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    class Protocol(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.received = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(b"by protocol\n")  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            if not self.received.done():
+                self.received.set_result(data)
+
+    async def body(loop: Loop) -> list[bytes]:
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"by streams\n")
+        first = await reader.readline()
+        writer.close()
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            Protocol, "127.0.0.1", port
+        )
+        second = await asyncio.wait_for(protocol.received, 10)
+        transport.close()
+
+        def blocking_client() -> bytes:  # a patched stdlib socket in a socketloop thread
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(b"by a thread\n")
+                return conn.recv(100)
+
+        third = await loop.spawn(blocking_client)
+        server.close()
+        await server.wait_closed()
+        return [first, second, third]
+
+    with quietly_patched():
+        result = hosting.run(body)
+    assert result == [b"by streams\n", b"by protocol\n", b"by a thread\n"]

@@ -87,7 +87,15 @@ class socket(AsyncSocket, metaclass=_SocketClass):
 
     @classmethod
     def _adopt_plain(cls, sock: _stdlib_socket.socket, loop: Loop | None = None) -> socket:
-        """Wrap an existing standard socket in this class."""
+        """Wrap an existing standard socket in this class.
+
+        Under ``patch()`` the standard library's Python-level helpers
+        (``socketpair``, ``create_server``, ``fromfd``) build their result
+        with the patched ``socket.socket``, i.e. this class: such a socket
+        is returned as it is.
+        """
+        if isinstance(sock, cls):
+            return sock
         new = cls.__new__(cls)
         AsyncSocket.__init__(new, sock, loop)
         return new
