@@ -138,6 +138,7 @@ def test_module_functions_work_hosted_on_the_default_loop(host: str) -> None:
         socketloop.get_loop().close()
 
 
+@pytest.mark.expect_errors  # the thread's exception is logged, as for join()
 def test_awaiting_a_thread_reraises_its_exception(hosting: Hosting) -> None:
     def fail() -> None:
         hosting.loop.sleep(0)
@@ -541,6 +542,7 @@ def test_await_in_asyncio_code_raises_with_a_hint(hosting: Hosting) -> None:
     hosting.run(body)
 
 
+@pytest.mark.expect_errors  # the thread's exception is logged, as for join()
 def test_await_in_a_thread_of_an_unhosted_loop_raises_with_a_hint() -> None:
     loop = Loop()
     try:
