@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import http.client
+import json
 import os
 import signal
 import socket
@@ -20,13 +22,23 @@ import textwrap
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvloop
 
 import socketloop
 import socketloop.aio
+from _servers import (
+    Nginx,
+    make_certs,
+    require_binary,
+    start_delay_backend,
+    start_nginx,
+    start_redis,
+)
 from socketloop import Loop, ThreadExit
 
 HOSTS = ["asyncio", "uvloop"]
@@ -811,3 +823,198 @@ def test_asyncio_streams_and_create_connection_work_under_patch(hosting: Hosting
     with quietly_patched():
         result = hosting.run(body)
     assert result == [b"by streams\n", b"by protocol\n", b"by a thread\n"]
+
+
+# ------------------------------------------------------- real async libraries
+
+
+@pytest.fixture(scope="module")
+def peers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("aio-peers")
+
+
+@pytest.fixture(scope="module")
+def nginx(peers_dir: Path) -> Iterator[Nginx]:
+    require_binary("nginx", "nginx", "/usr/sbin/nginx")
+    certs = make_certs(peers_dir / "certs")
+    backend = start_delay_backend(peers_dir)
+    try:
+        process, info = start_nginx(peers_dir, certs, backend.port)
+        try:
+            yield info
+        finally:
+            process.stop()
+    finally:
+        backend.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_port(peers_dir: Path) -> Iterator[int]:
+    process = start_redis(peers_dir)
+    try:
+        yield process.port
+    finally:
+        process.stop()
+
+
+class InFlight:
+    """Counts requests in flight and remembers the peak."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
+#: Threads per kind in the overlap tests (each request waits DELAY at nginx,
+#: or on a redis list that is filled only after every HTTP request is done).
+OVERLAP = 20
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_redis_asyncio_from_threads_overlaps_http_client_threads_against_nginx(
+    host: str, kind: str, nginx: Nginx, redis_port: int
+) -> None:
+    import redis.asyncio
+
+    flight = InFlight()
+    loop = _make(kind)
+
+    def http_fetch() -> int:
+        with flight.request():
+            conn = http.client.HTTPConnection("127.0.0.1", nginx.http_port)
+            conn.sock = loop.connect("127.0.0.1", nginx.http_port)
+            try:
+                conn.request("GET", "/delay")
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            finally:
+                conn.close()
+
+    def redis_wait(client: redis.asyncio.Redis, key: str) -> bytes:
+        with flight.request():
+            popped = socketloop.aio.await_(client.blpop([key], timeout=30))
+            assert popped is not None
+            value = popped[1]
+            assert isinstance(value, bytes)
+            return value
+
+    async def main() -> tuple[list[int], list[bytes]]:
+        client = redis.asyncio.Redis(port=redis_port)
+        keys = [f"aio-{kind}-{host}-{i}" for i in range(OVERLAP)]
+        try:
+            async with socketloop.aio.hosted(loop):
+                waits = [loop.spawn(redis_wait, client, key) for key in keys]
+                fetches = [loop.spawn(http_fetch) for _ in range(OVERLAP)]
+                statuses = [await thread for thread in fetches]
+                for key in keys:
+                    await client.rpush(key, key.encode())
+                values = [await thread for thread in waits]
+                return statuses, values
+        finally:
+            await client.aclose()
+
+    try:
+        statuses, values = run_on(host, main)
+    finally:
+        loop.close()
+    assert statuses == [200] * OVERLAP
+    assert values == [f"aio-{kind}-{host}-{i}".encode() for i in range(OVERLAP)]
+    assert flight.peak == 2 * OVERLAP
+
+
+def test_httpx_async_client_through_await_from_threads_against_nginx(
+    hosting: Hosting, nginx: Nginx
+) -> None:
+    flight = InFlight()
+
+    async def main_body(loop: Loop) -> list[tuple[int, bytes]]:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{nginx.http_port}") as client:
+
+            def fetch(path: str) -> tuple[int, bytes]:
+                with flight.request():
+                    response = socketloop.aio.await_(client.get(path))
+                    return response.status_code, response.content
+
+            threads = [loop.spawn(fetch, "/delay") for _ in range(OVERLAP)]
+            threads.append(loop.spawn(fetch, "/"))
+            return [await thread for thread in threads]
+
+    results = hosting.run(main_body)
+    assert [status for status, _ in results] == [200] * (OVERLAP + 1)
+    assert results[-1][1] == nginx.index
+    assert flight.peak == OVERLAP + 1
+
+
+LOADGEN = Path(__file__).resolve().parent.parent / "benchmarks" / "loadgen.py"
+
+
+def test_an_asyncio_server_and_a_socketloop_server_in_one_process_share_the_load(
+    hosting: Hosting,
+) -> None:
+    async def asyncio_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def socketloop_echo(conn: socketloop.AsyncSocket) -> None:
+        try:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+        except ConnectionError:
+            pass
+
+    async def load(port: int) -> int:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(LOADGEN),
+            "-p",
+            str(port),
+            "-c",
+            "10",
+            "-s",
+            "64",
+            "-w",
+            "0.2",
+            "-d",
+            "1",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await child.communicate()
+        result = json.loads(out)
+        assert result["mismatches"] == 0
+        assert result["errors"] == 0
+        return int(result["requests"])
+
+    async def body(loop: Loop) -> tuple[int, int]:
+        aserver = await asyncio.start_server(asyncio_echo, "127.0.0.1", 0)
+        sserver = loop.newserver("127.0.0.1", 0, socketloop_echo)
+        try:
+            by_asyncio, by_socketloop = await asyncio.gather(
+                load(aserver.sockets[0].getsockname()[1]), load(sserver.port)
+            )
+        finally:
+            sserver.close()
+            aserver.close()
+            await aserver.wait_closed()
+        return by_asyncio, by_socketloop
+
+    by_asyncio, by_socketloop = hosting.run(body)
+    total = by_asyncio + by_socketloop
+    assert total > 0
+    assert by_asyncio >= total / 3, (by_asyncio, by_socketloop)
+    assert by_socketloop >= total / 3, (by_asyncio, by_socketloop)
