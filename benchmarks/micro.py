@@ -14,6 +14,10 @@ nanoseconds per operation.
   waiting; beside it, the plain non-blocking ``socket.recv(64)`` (the system call).
 - greenlet switch round trip: ``g.switch()`` into a greenlet that switches back
   (the floor under every thread switch above).
+- Hosted on asyncio and on uvloop (``socketloop.aio``): ``await asyncio.sleep(0)``
+  in a bare coroutine (the host's own floor), ``await_(asyncio.sleep(0))`` from a
+  socketloop thread (task created, run, thread woken), and ``await thread`` of a
+  thread that returns at once (spawn, step, result back to the coroutine).
 
 usage: python benchmarks/micro.py [--quick] [--repeat N] [--out DIR]
 Writes DIR/micro.md and DIR/micro.json (default benchmarks/results/).
@@ -178,6 +182,72 @@ def make_benches(make_loop: Callable[[], socketloop.Loop]) -> dict[str, Callable
     }
 
 
+def hosts() -> dict[str, Callable[[Any], Any]]:
+    """The event loops to host socketloop on: asyncio always, uvloop if installed."""
+    import asyncio
+
+    found: dict[str, Callable[[Any], Any]] = {"asyncio": asyncio.run}
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        found["uvloop"] = uvloop.run
+    return found
+
+
+def make_hosted_benches(run: Callable[[Any], Any]) -> dict[str, Callable[[int], float]]:
+    import asyncio
+
+    import socketloop.aio
+
+    def bare_sleep0(n: int) -> float:
+        async def main() -> float:
+            sleep = asyncio.sleep
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await sleep(0)
+            return time.perf_counter() - t0
+
+        return float(run(main()))
+
+    def await_sleep0(n: int) -> float:
+        def worker() -> float:
+            await_ = socketloop.aio.await_
+            sleep = asyncio.sleep
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await_(sleep(0))
+            return time.perf_counter() - t0
+
+        async def main() -> float:
+            async with socketloop.aio.hosted(socketloop.Loop()) as loop:
+                elapsed = await loop.spawn(worker)
+            loop.close()
+            return elapsed
+
+        return float(run(main()))
+
+    def await_thread(n: int) -> float:
+        async def main() -> float:
+            async with socketloop.aio.hosted(socketloop.Loop()) as loop:
+                spawn = loop.spawn
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    await spawn(noop)
+                elapsed = time.perf_counter() - t0
+            loop.close()
+            return elapsed
+
+        return float(run(main()))
+
+    return {
+        "await asyncio.sleep(0), bare coroutine": bare_sleep0,
+        "await_(asyncio.sleep(0)) from a thread": await_sleep0,
+        "await thread (returns at once)": await_thread,
+    }
+
+
 def measure(fn: Callable[[int], float], repeat: int, target: float) -> dict[str, Any]:
     """Calibrate n to ``target`` seconds per batch, then time ``repeat`` batches."""
     n = 100
@@ -225,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             fn = make_benches(make_loop)[name]
             rows.append({"bench": name, "loop": loop_name, **measure(fn, repeat, target)})
             print(f"{name:38} {loop_name:16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
+
+    for host_name, run in hosts().items():
+        for name, fn in make_hosted_benches(run).items():
+            rows.append({"bench": name, "loop": host_name, **measure(fn, repeat, target)})
+            print(f"{name:38} {host_name:16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
 
     switch_ns = rows[0]["min_ns"]
     lines = [

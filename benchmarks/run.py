@@ -92,6 +92,18 @@ ECHO_SERVERS = [
     Server("epoll", "pure-Python epoll callbacks (ceiling)", "echo_epoll.py"),
     Server("socketloop", "socketloop", "echo_socketloop.py", ("socketloop",)),
     Server("socketloop-coro", "socketloop.coro", "echo_socketloop_coro.py", ("socketloop",)),
+    Server(
+        "socketloop-on-asyncio",
+        "socketloop hosted on asyncio",
+        "echo_socketloop_hosted_asyncio.py",
+        ("socketloop",),
+    ),
+    Server(
+        "socketloop-on-uvloop",
+        "socketloop hosted on uvloop",
+        "echo_socketloop_hosted_uvloop.py",
+        ("socketloop", "uvloop"),
+    ),
     Server("uvloop-protocol", "uvloop protocol", "echo_uvloop_protocol.py", ("uvloop",)),
     Server("uvloop-streams", "uvloop streams", "echo_uvloop_streams.py", ("uvloop",)),
     Server("asyncio-protocol", "asyncio protocol", "echo_asyncio_protocol.py"),
