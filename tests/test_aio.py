@@ -1018,3 +1018,22 @@ def test_an_asyncio_server_and_a_socketloop_server_in_one_process_share_the_load
     assert total > 0
     assert by_asyncio >= total / 3, (by_asyncio, by_socketloop)
     assert by_socketloop >= total / 3, (by_asyncio, by_socketloop)
+
+
+# ------------------------------------------------------------------ README
+
+
+def test_the_readme_example_runs_on_both_hosts(
+    host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Inside asyncio", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    if host == "uvloop":
+        code = code.replace("asyncio.run(main())", "uvloop.run(main())")
+    socketloop.get_loop().close()
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme", "uvloop": uvloop})
+    finally:
+        socketloop.get_loop().close()
+    assert capsys.readouterr().out == str([5] * 10) + "\n"
