@@ -137,6 +137,24 @@ def targets_table(data: dict[str, Any]) -> list[str]:
     return [line if line.endswith("|") else line + " |" for line in lines]
 
 
+def hosted_targets_table(data: dict[str, Any]) -> list[str]:
+    """Issue 11's targets (socketloop hosted on asyncio/uvloop), when measured."""
+    targets = data.get("hosted_targets") or []
+    if not any(t["value"] is not None for t in targets):
+        return []
+    lines = [
+        "| ping-pong 64 B, 100 connections | target | result |",
+        "|---|---|---:|",
+    ]
+    for t in targets:
+        if t["value"] is None:
+            cell = "-"
+        else:
+            cell = f"{_ratio(t['value'])} {'met' if t['met'] else '**not met**'}"
+        lines.append(f"| {t['what']} | {t['target']} | {cell} |")
+    return lines
+
+
 def summary_table(data: dict[str, Any], key: str = "value") -> list[str]:
     """Servers x workloads: the median (and x gevent), or the CPU per request."""
     ws = _workloads(data)
@@ -250,6 +268,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     out += header_lines(data)
     out += ["", "## Targets (issue 3)", ""]
     out += targets_table(data)
+    hosted = hosted_targets_table(data)
+    if hosted:
+        out += ["", "## Targets (issue 11: hosted on asyncio and uvloop)", "", *hosted]
     out += ["", "## Summary: medians (x gevent)", ""]
     out += summary_table(data)
     out += ["", "## Server CPU per request (µs)", ""]
@@ -276,6 +297,9 @@ def render_readme_section(data: dict[str, Any], micro: dict[str, Any] | None = N
     out += header_lines(data)
     out += ["", "Targets of issue 3:", ""]
     out += targets_table(data)
+    hosted = hosted_targets_table(data)
+    if hosted:
+        out += ["", "Targets of issue 11 (socketloop hosted on asyncio and uvloop):", "", *hosted]
     out += ["", "Medians (x gevent):", ""]
     out += summary_table(data)
     out += ["", "Server CPU µs per request:", ""]

@@ -947,6 +947,7 @@ def summarize(
             ):
                 row[key] = round_ratio(runs, w.id, sid, ref, "value")
             row["cpu_x_gevent"] = round_ratio(runs, w.id, sid, "gevent", "server_cpu_us")
+            row["cpu_x_socketloop"] = round_ratio(runs, w.id, sid, "socketloop", "server_cpu_us")
         table[w.id] = rows
     return table
 
@@ -1018,6 +1019,45 @@ def evaluate_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict
         met = ratio <= 1.1 if wid == "idle-10k" else ratio >= 0.9
         coro_entry["per_workload"][wid] = {"value": ratio, "met": met}
     out.append(coro_entry)
+    return out
+
+
+def evaluate_hosted_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 11's targets: socketloop hosted on asyncio/uvloop (pp64-100)."""
+    checks = [
+        # server, what, ratio key, shown target, bound, higher is better
+        (
+            "socketloop-on-uvloop",
+            "hosted on uvloop: server CPU per request vs native",
+            "cpu_x_socketloop",
+            "≤ 1.10x",
+            1.10,
+            False,
+        ),
+        (
+            "socketloop-on-asyncio",
+            "hosted on asyncio: server CPU per request vs native",
+            "cpu_x_socketloop",
+            "≤ 1.25x",
+            1.25,
+            False,
+        ),
+        (
+            "socketloop-on-asyncio",
+            "hosted on asyncio: req/s vs asyncio streams",
+            "x_asyncio_streams",
+            "≥ 1.2x",
+            1.2,
+            True,
+        ),
+    ]
+    rows = summary.get("pp64-100", {})
+    out: list[dict[str, Any]] = []
+    for sid, what, key, shown, bound, higher in checks:
+        row = rows.get(sid)
+        value = row.get(key) if row else None
+        met = None if value is None else (value >= bound if higher else value <= bound)
+        out.append({"server": sid, "what": what, "target": shown, "value": value, "met": met})
     return out
 
 
@@ -1296,6 +1336,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": summary,
         "targets": evaluate_targets(summary),
+        "hosted_targets": evaluate_hosted_targets(summary),
         "runs": runner.runs,
     }
     text = json.dumps(data, indent=1, ensure_ascii=False)
