@@ -94,7 +94,7 @@ class socket(AsyncSocket, metaclass=_SocketClass):
         with the patched ``socket.socket``, i.e. this class: such a socket
         is returned as it is.
         """
-        if isinstance(sock, cls):
+        if isinstance(sock, AsyncSocket):  # (not cls: its isinstance takes plain sockets)
             return sock
         new = cls.__new__(cls)
         AsyncSocket.__init__(new, sock, loop)
