@@ -56,7 +56,7 @@ from ._workers import WorkerFunctions as _WorkerFunctions
 #: ``import socketloop`` stays cheap and ``socketloop.ssl.create_default_context()``
 #: works without a separate ``import socketloop.ssl``.  Every public submodule
 #: belongs here (tests/test_package.py checks).
-_LAZY_SUBMODULES = frozenset({"extras", "gunicorn", "socket", "ssl", "testing", "wsgi"})
+_LAZY_SUBMODULES = frozenset({"aio", "extras", "gunicorn", "socket", "ssl", "testing", "wsgi"})
 
 
 def __getattr__(name: str) -> object:
