@@ -17,13 +17,16 @@ How a host event loop plugs in (the next driver)
 Running the kernel inside asyncio or uvloop needs no third poller: the host
 watches the *epoll driver's own fd* (``fileno()``, readable whenever any fd
 in the set is ready, the wake-up fd included) with ``add_reader``, and on
-each callback runs ``loop.step(0)``.  After each step it asks the kernel how
+each callback runs one non-blocking step (``Kernel._host_step``: ``step(0)``
+that always polls, since the host watches the fd level-triggered; ``step()``
+itself is refused while hosted).  After each step it asks the kernel how
 long it may sleep (``Kernel._next_timeout(None)``: 0 when work is ready,
 None when nothing is pending, else the delay to the next timer) and arms
 one ``call_later`` for it.  Cross-thread calls need nothing extra:
 ``call_soon_threadsafe`` writes the wake-up fd, which is in the epoll set,
-so the host's reader fires.  That adapter lives above the kernel and
-touches only this interface and ``step``/``_next_timeout``.
+so the host's reader fires.  That adapter (``_hostdriver``) lives above the
+kernel and touches only this interface, ``_next_timeout``, the wait protocol
+and the kernel's "host driver entry points".
 """
 
 from __future__ import annotations
