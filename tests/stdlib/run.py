@@ -69,6 +69,8 @@ DEFAULT_MODULES = (
     "test_asynchat",
 )
 SOCKETLOOP_MODES = ("patch", "threading")
+#: Resources a module asks for although its tests only talk to loopback.
+LOOPBACK_RESOURCES = {"test_socketserver": ("network",)}
 PASSED = frozenset({"pass", "xfail"})
 FAILED = frozenset({"fail", "error", "hung", "xpass"})
 _RANK = {"pass": 0, "xfail": 0, "skip": 1, "xpass": 2, "fail": 3, "error": 4, "hung": 5}
@@ -265,12 +267,13 @@ def child_main(args: argparse.Namespace) -> int:
         socketloop.patch(threading=mode == "threading")
     # No internet; tests guarded by other resources (cpu, ...) are left out too.
     support: Any = importlib.import_module("test.support")
-    support.use_resources = []
+    support.use_resources = list(LOOPBACK_RESOURCES.get(args.module, ()))
     exclude = set(Path(args.exclude).read_text().split()) if args.exclude else set()
     try:
         module = importlib.import_module(f"test.{args.module}")
     except unittest.SkipTest as exc:
         recorder.emit({"event": "module-skip", "reason": str(exc)})
+        recorder.emit({"event": "done"})
         return 0
     suite = unittest.defaultTestLoader.loadTestsFromModule(module)
     in_loop = mode in SOCKETLOOP_MODES
@@ -537,6 +540,13 @@ def report(
                     else:
                         unexpected.append((mode, test_id, run.details.get(test_id, outcome)))
         print(f"| {module} | " + " | ".join(cells) + f" | {regressions} ({listed}) |")
+    print("\nseconds per module and mode\n")
+    print("| module | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for module in modules:
+        print(
+            f"| {module} | " + " | ".join(f"{runs[(module, m)].seconds:.0f}" for m in modes) + " |"
+        )
     if "gevent" in modes and "unpatched" in modes:
         total = 0
         for module in modules:
