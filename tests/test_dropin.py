@@ -952,3 +952,17 @@ def test_drop_in_create_connection_builds_with_a_replaced_socket_class() -> None
 def test_drop_in_getnameinfo_refuses_a_non_tuple_at_once_in_a_loop_thread(loop: Loop) -> None:
     with pytest.raises(TypeError):
         run(loop, dropin.getnameinfo, "127.0.0.1", 0)
+
+
+def test_drop_in_getnameinfo_refusing_an_argument_keeps_no_reference_to_it(loop: Loop) -> None:
+    argument = "not an address"
+
+    def call() -> bool:
+        before = sys.getrefcount(argument)
+        try:
+            dropin.getnameinfo(argument, 0)  # type: ignore[arg-type]
+        except TypeError:
+            return sys.getrefcount(argument) == before
+        return False
+
+    assert run(loop, call)

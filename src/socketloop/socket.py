@@ -149,9 +149,13 @@ def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
 def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     """``socket.getnameinfo``, resolving off the loop in loop threads."""
     if not isinstance(sockaddr, tuple) or not isinstance(flags, int):
-        # Refused at once by the C function: no need for a resolver thread,
-        # which would hold on to the arguments a little longer.
-        return _originals.getnameinfo(sockaddr, flags)
+        # Refused at once by the C function: no need for a resolver thread.
+        # The TypeError's traceback holds this frame: drop the caller's
+        # object from it, as the C function holds no reference either.
+        try:
+            return _originals.getnameinfo(sockaddr, flags)
+        finally:
+            del sockaddr
     return _off_loop(_originals.getnameinfo, sockaddr, flags)
 
 
