@@ -1708,3 +1708,126 @@ def test_recv_into_honours_nbytes(loop: Loop, pair: tuple[AsyncSocket, AsyncSock
     assert run(loop, a.recv_into, buffer, 3) == 3
     assert buffer[:3] == b"abc"
     assert run(loop, read_exactly, a, 5) == b"defgh"
+
+
+# ------------------------------------------- what the stdlib's own tests need
+
+
+def test_sendfile_of_a_file_os_sendfile_cannot_take_falls_back_to_send(
+    loop: Loop, tmp_path: Path
+) -> None:
+    import io
+
+    a, b = tcp_pair(loop)
+    source = io.BytesIO(b"from memory" * 100)  # no fileno(): os.sendfile is impossible
+    with a, b:
+        reading = loop.newthread(lambda: b"".join(iter(functools.partial(b.recv, 65536), b"")))
+        assert run(loop, a.sendfile, source) == 1100
+        a.shutdown(socket.SHUT_WR)
+        assert reading.join(10) == b"from memory" * 100
+        assert source.tell() == 1100
+
+
+def test_sendfile_use_sendfile_gives_up_on_a_file_without_fileno(loop: Loop) -> None:
+    import io
+
+    a, b = tcp_pair(loop)
+    with a, b, pytest.raises(socket._GiveupOnSendfile):  # type: ignore[attr-defined]
+        a._sendfile_use_sendfile(io.BytesIO(b"x"))
+
+
+def test_sendfile_use_send_leaves_the_file_position_after_the_bytes_sent(
+    loop: Loop, tmp_path: Path
+) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"0123456789")
+    a, b = tcp_pair(loop)
+    with a, b, path.open("rb") as file:
+        assert run(loop, a._sendfile_use_send, file, 2, 5) == 5
+        assert file.tell() == 7
+        assert run(loop, b.recv, 100) == b"23456"
+
+
+def test_setblocking_on_an_invalid_fd_raises_os_error(loop: Loop) -> None:
+    plain = socket.socket()
+    sock = loop.wrap(socket.socket(fileno=os.dup(plain.fileno())))
+    plain.close()
+    os.close(sock.fileno())
+    try:
+        with pytest.raises(OSError):
+            sock.setblocking(False)
+    finally:
+        sock.detach()
+
+
+def test_private_accept_returns_an_fd_and_the_address(loop: Loop) -> None:
+    listener = loop.wrap(socket.create_server(("127.0.0.1", 0)))
+    with listener:
+        host, port = listener.getsockname()
+        client = loop.newthread(lambda: loop.connect(host, port))
+        fd, address = run(loop, listener._accept)
+        os.close(fd)
+        client.join(10).close()
+        assert address[0] == "127.0.0.1"
+
+
+def test_sendto_with_a_wrong_argument_count_raises_the_socket_type_error(loop: Loop) -> None:
+    sock = loop.wrap(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with sock:
+        with pytest.raises(TypeError, match=r"\(1 given\)"):
+            sock.sendto(b"x")
+        with pytest.raises(TypeError, match=r"\(4 given\)"):
+            sock.sendto(b"x", 0, ("127.0.0.1", 9), 4)
+
+
+@pytest.mark.expect_errors
+def test_recv_with_msg_dontwait_raises_instead_of_waiting(loop: Loop) -> None:
+    a, b = tcp_pair(loop)
+    with a, b, pytest.raises(BlockingIOError):
+        run(loop, a.recv, 10, socket.MSG_DONTWAIT)
+
+
+@pytest.mark.expect_errors
+def test_sendmsg_with_msg_dontwait_raises_when_the_buffer_is_full(loop: Loop) -> None:
+    a, b = tcp_pair(loop)
+
+    def fill() -> None:
+        while True:
+            a.sendmsg([b"x" * 65536], [], socket.MSG_DONTWAIT)
+
+    with a, b, pytest.raises(BlockingIOError):
+        run(loop, fill)
+
+
+def test_recvmsg_into_a_generator_of_buffers_fills_them_after_a_wait(loop: Loop) -> None:
+    a, b = tcp_pair(loop)
+    buffer = bytearray(10)
+
+    def reader() -> int:
+        count: int = a.recvmsg_into(buf for buf in [buffer])[0]
+        return count
+
+    with a, b:
+        reading = loop.newthread(reader)  # waits: nothing sent yet
+        run(loop, b.sendall, b"hello")
+        assert reading.join(10) == 5
+        assert buffer[:5] == b"hello"
+
+
+def test_an_async_socket_cannot_be_pickled(loop: Loop) -> None:
+    import pickle
+
+    a, b = tcp_pair(loop)
+    with a, b, pytest.raises(TypeError, match="cannot pickle"):
+        pickle.dumps(a)
+
+
+def test_an_async_socket_passes_isinstance_checks_for_the_class_it_wraps(loop: Loop) -> None:
+    class MySocket(socket.socket):
+        pass
+
+    sock = loop.wrap(MySocket())
+    with sock:
+        assert isinstance(sock, MySocket)
+        assert isinstance(sock, AsyncSocket)
+        assert type(sock) is AsyncSocket

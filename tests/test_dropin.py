@@ -37,7 +37,6 @@ from socketloop import AsyncSocket, Loop
 OWN_NAMES = frozenset(
     {
         "socket",
-        "SocketType",
         "create_connection",
         "create_server",
         "socketpair",
@@ -143,7 +142,7 @@ def test_constants_exceptions_and_helpers_are_the_stdlib_objects() -> None:
 def test_the_drop_in_defines_its_own_socket_class_and_functions() -> None:
     same = [name for name in OWN_NAMES if getattr(dropin, name) is getattr(socket, name)]
     assert same == []
-    assert dropin.SocketType is dropin.socket
+    assert dropin.SocketType is socket.SocketType  # the C base type, as in the stdlib
     assert issubclass(dropin.socket, AsyncSocket)
 
 
@@ -896,3 +895,74 @@ def test_patched_event_set_by_an_os_thread_wakes_a_loop_thread(loop: Loop) -> No
         setter.start()
         assert waiting.join(10) is True
         setter.join(10)
+
+
+def test_patched_socket_sockettype_stays_the_c_base_of_every_socket(loop: Loop) -> None:
+    with quietly_patched(ssl=False, select=False, time=False):
+        assert socket.SocketType is PLAIN.__mro__[1]
+        sock = attr(socket, "socket")()
+    with sock, socket.socket() as plain:
+        assert isinstance(sock, socket.SocketType)
+        assert isinstance(plain, socket.SocketType)
+
+
+def test_patched_socket_class_accepts_plain_and_wrapped_sockets_in_isinstance(
+    loop: Loop,
+) -> None:
+    plain = PLAIN()
+    wrapped = loop.wrap(PLAIN())
+    with plain, wrapped, quietly_patched(ssl=False, select=False, time=False):
+        cls = attr(socket, "socket")
+        assert isinstance(plain, cls)
+        assert isinstance(wrapped, cls)
+        assert not isinstance(object(), cls)
+
+
+def test_patched_socket_repr_is_the_standard_one() -> None:
+    with quietly_patched(ssl=False, select=False, time=False):
+        sock = attr(socket, "socket")()
+    with sock:
+        assert repr(sock).startswith("<socket.socket fd=")
+
+
+def test_drop_in_create_connection_builds_with_a_replaced_socket_class() -> None:
+    made: list[tuple[Any, ...]] = []
+
+    class Refusing:
+        def __init__(self, *args: Any) -> None:
+            made.append(args)
+
+        def connect(self, address: Any) -> None:
+            raise TimeoutError("timed out")
+
+        def close(self) -> None:
+            pass
+
+    original = socket.socket
+    socket.socket = Refusing  # type: ignore[misc, assignment]
+    try:
+        with pytest.raises(TimeoutError):
+            dropin.create_connection(("127.0.0.1", 9))
+    finally:
+        socket.socket = original  # type: ignore[misc]
+    assert made
+
+
+@pytest.mark.expect_errors
+def test_drop_in_getnameinfo_refuses_a_non_tuple_at_once_in_a_loop_thread(loop: Loop) -> None:
+    with pytest.raises(TypeError):
+        run(loop, dropin.getnameinfo, "127.0.0.1", 0)
+
+
+def test_drop_in_getnameinfo_refusing_an_argument_keeps_no_reference_to_it(loop: Loop) -> None:
+    argument = "not an address"
+
+    def call() -> bool:
+        before = sys.getrefcount(argument)
+        try:
+            dropin.getnameinfo(argument, 0)  # type: ignore[arg-type]
+        except TypeError:
+            return sys.getrefcount(argument) == before
+        return False
+
+    assert run(loop, call)

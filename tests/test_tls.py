@@ -6,9 +6,11 @@ loopback.  Most tests run on every loop kind (the ``loop`` fixture).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import select
 import socket
 import ssl
 import time
@@ -958,3 +960,71 @@ def test_a_plain_async_socket_is_a_socket_socket_but_not_an_sslsocket(loop: Loop
         assert isinstance(a, socket.SocketType)
         assert not isinstance(a, ssl.SSLSocket)
         assert type(a) is AsyncSocket
+
+
+def test_a_tls_socket_made_by_a_context_with_its_own_class_is_an_instance_of_it(
+    loop: Loop, certs: Certs
+) -> None:
+    class MySSLSocket(ssl.SSLSocket):
+        pass
+
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+    context.sslsocket_class = MySSLSocket
+    with context.wrap_socket(loop.wrap(socket.socket()), server_hostname="localhost") as sock:
+        assert isinstance(sock, MySSLSocket)
+
+
+@pytest.mark.expect_errors
+def test_write_after_close_raises_value_error(loop: Loop, certs: Certs) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> None:
+        sock = context.wrap_socket(
+            loop.connect("127.0.0.1", server.port), server_hostname="localhost"
+        )
+        sock.close()
+        sock.write(b"late")
+
+    with pytest.raises(ValueError, match="closed or unwrapped"):
+        run(loop, client)
+    close_and_drain(loop, server)
+
+
+def test_unconnected_tls_socket_recvfrom_raises_the_plain_os_error(
+    loop: Loop, certs: Certs
+) -> None:
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+    with context.wrap_socket(loop.wrap(socket.socket()), server_hostname="localhost") as sock:
+        with pytest.raises(OSError):
+            sock.recvfrom(1)
+        with pytest.raises(OSError):
+            sock.sendto(b"x", ("127.0.0.1", 9))
+
+
+def test_non_blocking_connect_ex_then_do_handshake_completes(loop: Loop, certs: Certs) -> None:
+    server = tls_echo_server(loop, certs)
+    context = socketloop.ssl.create_default_context(cafile=certs.ca_file)
+
+    def client() -> bytes:
+        sock = context.wrap_socket(
+            loop.wrap(socket.socket()), server_hostname="localhost", do_handshake_on_connect=False
+        )
+        with sock:
+            sock.setblocking(False)
+            assert sock.connect_ex(("127.0.0.1", server.port)) in (0, errno.EINPROGRESS)
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    select.select([sock], [], [], 5.0)
+                except ssl.SSLWantWriteError:
+                    select.select([], [sock], [], 5.0)
+            sock.setblocking(True)
+            sock.sendall(b"nb")
+            return read_exactly(sock, 2)
+
+    with socketloop.patched(socket=False, ssl=False, time=False):
+        assert run(loop, client) == b"nb"
+    close_and_drain(loop, server)

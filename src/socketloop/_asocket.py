@@ -43,12 +43,14 @@ from ._address import format_address
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
 from ._kernel import is_dispatching
 from ._sockcalls import (
+    _DONTWAIT,
     _NOSIGNAL,
     _RAW_FAMILY,
     _RAW_PROTO,
     _RAW_TYPE,
     _UNSET,
     SocketCalls,
+    _dont_wait,
 )
 from ._threads import Thread
 
@@ -103,14 +105,16 @@ class AsyncSocket(SocketCalls):
     #: True for the TLS subclass, whose ``socket`` is an ``ssl.SSLSocket``.
     _tls = False
 
-    # Libraries check types (``isinstance(sock, socket.socket)``); an
-    # AsyncSocket has the whole socket.socket API, so it answers those checks
-    # as one.  isinstance() consults __class__ only when the real type does
-    # not match, so checks against AsyncSocket itself cost nothing more, and
+    # Libraries check types (``isinstance(sock, socket.socket)``,
+    # ``isinstance(sock, ssl.SSLSocket)``); an AsyncSocket has the whole API
+    # of the socket it wraps, so it answers those checks as that socket's
+    # class (socket.socket, ssl.SSLSocket or a context's sslsocket_class).
+    # isinstance() consults __class__ only when the real type does not
+    # match, so checks against AsyncSocket itself cost nothing more, and
     # type(asock) stays the truth.
     @property  # type: ignore[misc]
     def __class__(self) -> type:
-        return _originals.socket_class
+        return type(self.socket)
 
     def __init__(
         self,
@@ -207,7 +211,7 @@ class AsyncSocket(SocketCalls):
         try:
             result = op(*args)
         except BlockingIOError:
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or (args and _dont_wait(args[-1])):
                 raise
         else:
             self._spent()
@@ -220,13 +224,16 @@ class AsyncSocket(SocketCalls):
             except BlockingIOError:
                 continue
 
-    def _write_op(self, op: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    def _write_op(
+        self, op: Callable[..., R], *args: Any, _nowait: bool = False, **kwargs: Any
+    ) -> R:
+        # ``_nowait``: the call's flags have MSG_DONTWAIT.
         if self._sending:
             raise BusyResourceError(f"another thread is in sendall() on {self!r}")
         try:
             result = op(*args, **kwargs)
         except BlockingIOError:
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or _nowait:
                 raise
         else:
             self._spent()
@@ -262,7 +269,7 @@ class AsyncSocket(SocketCalls):
             try:
                 data = self.socket.recv(bufsize, flags) if flags else self.socket.recv(bufsize)
             except BlockingIOError:
-                if self._timeout == 0.0:
+                if self._timeout == 0.0 or flags & _DONTWAIT:
                     raise
                 data = None  # wait below: never park inside an except block, which
                 # would keep the exception and its traceback alive for the whole wait
@@ -323,7 +330,7 @@ class AsyncSocket(SocketCalls):
             try:
                 count = self.socket.recv_into(buffer, nbytes, flags)
             except BlockingIOError:
-                if self._timeout == 0.0:
+                if self._timeout == 0.0 or flags & _DONTWAIT:
                     raise
                 count = -1  # wait below, outside the except block (see recv)
             if count < 0:
@@ -399,7 +406,7 @@ class AsyncSocket(SocketCalls):
         try:
             count = self.socket.send(data, flags)
         except BlockingIOError:
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or flags & _DONTWAIT:
                 raise
         else:
             loop = self._loop
@@ -489,6 +496,11 @@ class AsyncSocket(SocketCalls):
             self._spent()
         return self._adopt(fd), address
 
+    def _accept(self) -> tuple[int, Any]:
+        """``socket._accept``: accept and return ``(fd, address)`` (cooperative)."""
+        result: tuple[int, Any] = self._read_op(self.socket._accept)  # type: ignore[attr-defined]
+        return result
+
     def _adopt(self, fd: int) -> AsyncSocket:
         """Wrap a freshly accepted fd, skipping the probes ``socket()`` would make.
 
@@ -550,7 +562,12 @@ class AsyncSocket(SocketCalls):
         self._timeout = value
 
     def setblocking(self, flag: bool, /) -> None:
-        """``setblocking(True)`` is ``settimeout(None)``; ``False`` is ``settimeout(0)``."""
+        """``setblocking(True)`` is ``settimeout(None)``; ``False`` is ``settimeout(0)``.
+
+        The OS socket stays non-blocking either way (see the charter), but
+        the call reaches it, so an invalid fd raises ``OSError`` as in CPython.
+        """
+        self.socket.setblocking(False)
         self._timeout = None if flag else 0.0
 
     # -------------------------------------------------------------- closing
@@ -643,6 +660,9 @@ class AsyncSocket(SocketCalls):
             self._io_refs -= 1
         if self._closed:
             self.close()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def __enter__(self: S) -> S:
         return self

@@ -9,9 +9,9 @@ loop thread.
 
 What each switch replaces:
 
-- ``socket``: ``socket.socket``/``SocketType`` (cooperative ``AsyncSocket``
-  class), ``create_connection``, ``create_server``, ``socketpair``,
-  ``fromfd`` and the resolver functions (which resolve off the loop).
+- ``socket``: ``socket.socket`` (the cooperative ``AsyncSocket`` class),
+  ``create_connection``, ``create_server``, ``socketpair``, ``fromfd`` and
+  the resolver functions (which resolve off the loop).
 - ``ssl``: ``ssl.SSLContext.wrap_socket`` (every context, also those made
   before patching, then accepts cooperative sockets and returns cooperative
   TLS sockets for them).
@@ -73,9 +73,10 @@ def _replacements(
     if socket:
         from . import socket as drop_in
 
+        # Not SocketType: it stays the C base type, which every socket,
+        # cooperative or not, is an instance of (see AsyncSocket.__class__).
         for name in (
             "socket",
-            "SocketType",
             "create_connection",
             "create_server",
             "socketpair",

@@ -50,6 +50,16 @@ _RAW_PROTO: Any = _c_socket.socket.proto
 #: action (which kills the process): a vanished peer is a BrokenPipeError.
 _NOSIGNAL: int = int(getattr(_socket, "MSG_NOSIGNAL", 0))  # a plain int: IntFlag "|" is slow
 
+#: MSG_DONTWAIT: one call is non-blocking whatever the timeout (the kernel's
+#: answer is final; waiting would turn it into a blocking call).
+_DONTWAIT: int = int(getattr(_socket, "MSG_DONTWAIT", 0))
+
+
+def _dont_wait(flags: Any) -> bool:
+    """Whether ``flags`` (the flags argument of an I/O call, or not) has MSG_DONTWAIT."""
+    return isinstance(flags, int) and bool(flags & _DONTWAIT)
+
+
 #: The code of ``ssl.SSLSocket._create``, which the standard wrap_socket runs.
 _SSLSOCKET_CREATE: Any = getattr(
     getattr(getattr(ssl.SSLSocket, "_create", None), "__func__", None), "__code__", None
@@ -87,6 +97,9 @@ class SocketCalls:
     def sendall(self, data: Any, flags: int = 0, /) -> None:
         raise NotImplementedError
 
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        raise NotImplementedError
+
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
         """Receive a datagram (or stream data) and the sender's address."""
         return self._read_op(self.socket.recvfrom, bufsize, flags)
@@ -105,16 +118,29 @@ class SocketCalls:
         self, buffers: Any, ancbufsize: int = 0, flags: int = 0, /
     ) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
         """Scatter-receive into ``buffers``, like ``socket.recvmsg_into``."""
+        # A one-shot iterable (a generator) would be used up by a first
+        # attempt that meets EAGAIN.
+        buffers = buffers if isinstance(buffers, (list, tuple)) else list(buffers)
         return self._read_op(self.socket.recvmsg_into, buffers, ancbufsize, flags)
 
-    def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
+    def sendto(
+        self, data: Any, flags_or_address: Any = _UNSET, address: Any = _UNSET, /, *extra: Any
+    ) -> int:
         """Send a datagram to ``address`` (``sendto(data[, flags], address)``)."""
+        if flags_or_address is _UNSET or extra:
+            # Wrong arguments: let the socket itself raise its TypeError.
+            arguments = [arg for arg in (flags_or_address, address) if arg is not _UNSET]
+            return int(self.socket.sendto(data, *arguments, *extra))
         if address is _UNSET:
             return self._write_op(
                 self.socket.sendto, data, _NOSIGNAL, self._resolve(flags_or_address)
             )
         return self._write_op(
-            self.socket.sendto, data, flags_or_address | _NOSIGNAL, self._resolve(address)
+            self.socket.sendto,
+            data,
+            flags_or_address | _NOSIGNAL,
+            self._resolve(address),
+            _nowait=_dont_wait(flags_or_address),
         )
 
     def sendmsg(
@@ -126,17 +152,27 @@ class SocketCalls:
         /,
     ) -> int:
         """Gather-send ``buffers`` with ancillary data, like ``socket.sendmsg``."""
+        nowait = _dont_wait(flags)
         flags |= _NOSIGNAL
         if address is None:
-            return self._write_op(self.socket.sendmsg, buffers, ancdata, flags)
-        return self._write_op(self.socket.sendmsg, buffers, ancdata, flags, address)
+            return self._write_op(self.socket.sendmsg, buffers, ancdata, flags, _nowait=nowait)
+        return self._write_op(self.socket.sendmsg, buffers, ancdata, flags, address, _nowait=nowait)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a file's contents (``os.sendfile`` where possible); return bytes sent.
 
         Like ``socket.sendfile``: the file position is left after the last
-        byte sent; non-blocking sockets are refused with ``ValueError``.
+        byte sent; non-blocking sockets are refused with ``ValueError``; a
+        file ``os.sendfile`` cannot take is sent by reading and sending.
         """
+        try:
+            return self._sendfile_use_sendfile(file, offset, count)
+        except _socket._GiveupOnSendfile:  # type: ignore[attr-defined]
+            return self._sendfile_use_send(file, offset, count)
+
+    def _check_sendfile_params(self, file: Any, offset: int, count: int | None) -> None:
+        # The standard library's checks, in its order (its tests call these
+        # helpers by name).
         if "b" not in getattr(file, "mode", "b"):
             raise ValueError("file should be opened in binary mode")
         if not self._stream:
@@ -146,17 +182,25 @@ class SocketCalls:
                 raise TypeError(f"count must be a positive integer (got {count!r})")
             if count <= 0:
                 raise ValueError(f"count must be a positive integer (got {count!r})")
-        if self._timeout == 0.0:
-            raise ValueError("non-blocking sockets are not supported")
+
+    def _sendfile_use_sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """``os.sendfile`` in a loop; ``socket._GiveupOnSendfile`` when it cannot be used."""
+        giveup: Any = _socket._GiveupOnSendfile  # type: ignore[attr-defined]
+        self._check_sendfile_params(file, offset, count)
         try:
             fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as exc:
+            raise giveup(exc) from None  # not a regular file
+        try:
             size = os.fstat(fileno).st_size
-        except (AttributeError, io.UnsupportedOperation, OSError):
-            return self._sendfile_by_send(file, offset, count)
+        except OSError as exc:
+            raise giveup(exc) from None  # not a regular file
         if not size:
             return 0
         if not hasattr(os, "sendfile"):  # pragma: no cover - every POSIX we run on has it
-            return self._sendfile_by_send(file, offset, count)
+            raise giveup("os.sendfile() not available on this platform")
+        if self._timeout == 0.0:
+            raise ValueError("non-blocking sockets are not supported")
         blocksize = min(count or size, 2**30)
         total = 0
         deadline = self._deadline()
@@ -173,6 +217,12 @@ class SocketCalls:
                     sent = os.sendfile(fd, fileno, offset, blocksize)
                 except BlockingIOError:
                     sent = -1  # wait below, outside the except block (see recv)
+                except OSError as exc:
+                    if total == 0:
+                        # Can happen with a file os.sendfile cannot read (a
+                        # special file system): fall back to send().
+                        raise giveup(exc) from None
+                    raise
                 if sent < 0:
                     self._wait(True, deadline)
                     continue
@@ -185,22 +235,32 @@ class SocketCalls:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset)
 
-    def _sendfile_by_send(self, file: Any, offset: int, count: int | None) -> int:
-        if offset and hasattr(file, "seek"):
+    def _sendfile_use_send(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send a file by reading and sending it (any file object with ``read``)."""
+        self._check_sendfile_params(file, offset, count)
+        if self._timeout == 0.0:
+            raise ValueError("non-blocking sockets are not supported")
+        if offset:
             file.seek(offset)
         blocksize = min(count, 8192) if count else 8192
         total = 0
-        while True:
-            if count:
-                blocksize = min(count - total, blocksize)
-                if blocksize <= 0:
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total, blocksize)
+                    if blocksize <= 0:
+                        break
+                data = memoryview(file.read(blocksize))
+                if not data:
                     break
-            data = file.read(blocksize)
-            if not data:
-                break
-            self.sendall(data)
-            total += len(data)
-        return total
+                while data:
+                    sent = self.send(data)
+                    total += sent
+                    data = data[sent:]
+            return total
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
 
     def _resolve(self, address: Any) -> Any:
         """Resolve a host name in an IP address off the loop (CPython would block)."""

@@ -51,12 +51,6 @@ class AsyncTLSSocket(AsyncSocket):
     _tls = True
     socket: _ssl.SSLSocket
 
-    # isinstance(tls, ssl.SSLSocket) holds (and so socket.socket), as for
-    # AsyncSocket: ftplib, for one, tells TLS connections apart that way.
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:
-        return _ssl.SSLSocket
-
     def _tls_call(self, op: Any, *args: Any) -> Any:
         """Run an SSL operation, waiting in the direction OpenSSL asks for."""
         return self._tls_until(_UNSET, op, *args)
@@ -132,8 +126,16 @@ class AsyncTLSSocket(AsyncSocket):
         return result
 
     def write(self, data: Any) -> int:
-        """``SSLSocket.write``: send ``data``, return the count."""
-        return self.send(data)
+        """``SSLSocket.write``: send ``data``, return the count.
+
+        ``ValueError`` once closed or unwrapped (``send`` would reach the
+        plain socket then), as with ``ssl.SSLSocket``.
+        """
+        if self._sending:
+            raise BusyResourceError(f"another thread is in sendall() on {self!r}")
+        result: int = self._tls_call(self.socket.write, data)
+        self._spent()
+        return result
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
         if flags:
@@ -176,13 +178,20 @@ class AsyncTLSSocket(AsyncSocket):
         """Send a file's contents (through TLS, so by reading and sending)."""
         if self._timeout == 0.0:
             raise ValueError("non-blocking sockets are not supported")
-        return self._sendfile_by_send(file, offset, count)
+        return self._sendfile_use_send(file, offset, count)
 
+    def _sendfile_use_sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        raise _socket._GiveupOnSendfile(  # type: ignore[attr-defined]
+            "os.sendfile() cannot send through TLS"
+        )
+
+    # As ssl.SSLSocket: ValueError once TLS is set up, the plain socket's
+    # answer (an OSError) before; never a wait, so the SSLSocket decides.
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
-        raise ValueError(f"recvfrom not allowed on instances of {type(self)}")
+        return self.socket.recvfrom(bufsize, flags)
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> tuple[int, Any]:
-        raise ValueError(f"recvfrom_into not allowed on instances of {type(self)}")
+        return self.socket.recvfrom_into(buffer, nbytes, flags)
 
     def recvmsg(self, *args: Any) -> Any:
         raise NotImplementedError(f"recvmsg not allowed on instances of {type(self)}")
@@ -190,8 +199,11 @@ class AsyncTLSSocket(AsyncSocket):
     def recvmsg_into(self, *args: Any) -> Any:
         raise NotImplementedError(f"recvmsg_into not allowed on instances of {type(self)}")
 
-    def sendto(self, data: Any, flags_or_address: Any, address: Any = _UNSET, /) -> int:
-        raise ValueError(f"sendto not allowed on instances of {type(self)}")
+    def sendto(
+        self, data: Any, flags_or_address: Any = _UNSET, address: Any = _UNSET, /, *extra: Any
+    ) -> int:
+        arguments = [arg for arg in (flags_or_address, address) if arg is not _UNSET]
+        return int(self.socket.sendto(data, *arguments, *extra))
 
     def sendmsg(self, *args: Any) -> int:
         raise NotImplementedError(f"sendmsg not allowed on instances of {type(self)}")
@@ -209,29 +221,27 @@ class AsyncTLSSocket(AsyncSocket):
             raise ValueError("can't connect in server-side mode")
         if _is_connected(ssl_sock):
             raise ValueError("attempt to connect already-connected SSLSocket!")
-        # The SSLSocket made for an unconnected socket has no TLS session
-        # yet, and its own connect_ex cannot be repeated while a
-        # non-blocking connection is in progress: connect the fd as a plain
-        # socket, then wrap the connected fd anew (the stdlib's own order).
-        plain_connect_ex = _originals.socket_class.connect_ex.__get__(ssl_sock)
-        self._connect(self._resolve(address), self._deadline(), plain_connect_ex)
-        handshake = ssl_sock.do_handshake_on_connect
-        family, type_, proto = ssl_sock.family, ssl_sock.type, ssl_sock.proto
-        session = getattr(ssl_sock, "_session", None)
-        plain = _originals.socket_class(family, type_, proto, ssl_sock.detach())
-        plain.setblocking(False)  # (the SSLSocket takes its timeout from it)
-        tls: Any = _originals.SSLContext_wrap_socket(
-            ssl_sock.context,
-            plain,
-            server_side=False,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=ssl_sock.suppress_ragged_eofs,
-            server_hostname=ssl_sock.server_hostname,
-            session=session,
+        # What ssl.SSLSocket.connect does, with the wait made cooperative:
+        # the TLS object first, then the connection of the fd as a plain
+        # socket (the SSLSocket's own connect_ex cannot be repeated while a
+        # non-blocking connection is in progress), then the handshake.
+        ssl_sock._sslobj = ssl_sock.context._wrap_socket(
+            ssl_sock,
+            False,
+            ssl_sock.server_hostname,
+            owner=ssl_sock,
+            session=ssl_sock._session,
         )
-        tls.do_handshake_on_connect = handshake
-        self.socket = tls
-        if handshake:
+        plain_connect_ex = _originals.socket_class.connect_ex.__get__(ssl_sock)
+        try:
+            self._connect(self._resolve(address), self._deadline(), plain_connect_ex)
+        except BlockingIOError:
+            raise  # non-blocking and in progress: the TLS object stays, as in CPython
+        except BaseException:
+            ssl_sock._sslobj = None
+            raise
+        ssl_sock._connected = True
+        if ssl_sock.do_handshake_on_connect:
             self.do_handshake()
 
     def connect_ex(self, address: Any, /) -> int:
@@ -316,6 +326,11 @@ class AsyncTLSSocket(AsyncSocket):
         self.socket.context = context
 
     @property
+    def _sslobj(self) -> Any:
+        """The ``SSLSocket``'s TLS object (some code, tests among it, reads it)."""
+        return self.socket._sslobj  # type: ignore[attr-defined]
+
+    @property
     def session(self) -> _ssl.SSLSession | None:
         return self.socket.session
 
@@ -345,7 +360,7 @@ class AsyncTLSSocket(AsyncSocket):
 def starttls(
     asock: AsyncSocket,
     context: _ssl.SSLContext,
-    server_hostname: str | None = None,
+    server_hostname: str | bytes | None = None,
     server_side: bool = False,
     *,
     do_handshake: bool = True,
@@ -426,15 +441,10 @@ def cooperative_wrap_socket(
     other socket is wrapped exactly as the standard library does.
     """
     if isinstance(sock, AsyncSocket):
-        hostname = (
-            server_hostname.decode("idna")
-            if isinstance(server_hostname, bytes)
-            else server_hostname
-        )
         return starttls(
             sock,
             self,
-            hostname,
+            server_hostname,  # bytes too: the context encodes it, as for any socket
             server_side,
             do_handshake=do_handshake_on_connect,
             suppress_ragged_eofs=suppress_ragged_eofs,

@@ -7,7 +7,7 @@ Pass it wherever a library accepts a socket module::
 Every constant, exception and helper of the standard ``socket`` module is
 re-exported unchanged, except:
 
-- ``socket`` (and ``SocketType``): creates an ``AsyncSocket``.  Used from a
+- ``socket``: creates an ``AsyncSocket``.  Used from a
   loop thread it suspends only that thread; elsewhere it blocks like a plain
   socket.  It belongs to no loop until a loop thread first waits on it.
 - ``create_connection``, ``create_server``, ``socketpair``, ``fromfd``:
@@ -85,6 +85,10 @@ class socket(AsyncSocket, metaclass=_SocketClass):
                 proto = 0
         super().__init__(_originals.socket_class(family, type, proto, fileno))
 
+    def __repr__(self) -> str:
+        # This class stands in for socket.socket: it looks like one.
+        return repr(self.socket)
+
     @classmethod
     def _adopt_plain(cls, sock: _stdlib_socket.socket, loop: Loop | None = None) -> socket:
         """Wrap an existing standard socket in this class.
@@ -101,7 +105,9 @@ class socket(AsyncSocket, metaclass=_SocketClass):
         return new
 
 
-SocketType = socket
+#: As in the standard library, the C base type of every socket: isinstance()
+#: holds for plain sockets and (see AsyncSocket.__class__) cooperative ones.
+SocketType = _stdlib_socket.SocketType
 
 
 def _calling_loop() -> Loop | None:
@@ -150,6 +156,14 @@ def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
 
 def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     """``socket.getnameinfo``, resolving off the loop in loop threads."""
+    if not isinstance(sockaddr, tuple) or not isinstance(flags, int):
+        # Refused at once by the C function: no need for a resolver thread.
+        # The TypeError's traceback holds this frame: drop the caller's
+        # object from it, as the C function holds no reference either.
+        try:
+            return _originals.getnameinfo(sockaddr, flags)
+        finally:
+            del sockaddr
     return _off_loop(_originals.getnameinfo, sockaddr, flags)
 
 
@@ -173,10 +187,16 @@ def create_connection(
     """
     host, port = address
     errors: list[OSError] = []
+    # The standard function builds with socket.socket as it is at call time;
+    # when that is replaced (by patch(), which makes it this module's class,
+    # or by a test's mock) the replacement is used here too.
+    factory: Any = _stdlib_socket.socket
+    if factory is _originals.socket_class:
+        factory = socket
     for family, type_, proto, _canonname, sockaddr in getaddrinfo(
         host, port, 0, _stdlib_socket.SOCK_STREAM
     ):
-        sock = socket(family, type_, proto)
+        sock: socket = factory(family, type_, proto)
         try:
             if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
                 sock.settimeout(timeout)

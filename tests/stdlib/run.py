@@ -69,6 +69,8 @@ DEFAULT_MODULES = (
     "test_asynchat",
 )
 SOCKETLOOP_MODES = ("patch", "threading")
+#: Resources a module asks for although its tests only talk to loopback.
+LOOPBACK_RESOURCES = {"test_socketserver": ("network",)}
 PASSED = frozenset({"pass", "xfail"})
 FAILED = frozenset({"fail", "error", "hung", "xpass"})
 _RANK = {"pass": 0, "xfail": 0, "skip": 1, "xpass": 2, "fail": 3, "error": 4, "hung": 5}
@@ -265,12 +267,13 @@ def child_main(args: argparse.Namespace) -> int:
         socketloop.patch(threading=mode == "threading")
     # No internet; tests guarded by other resources (cpu, ...) are left out too.
     support: Any = importlib.import_module("test.support")
-    support.use_resources = []
+    support.use_resources = list(LOOPBACK_RESOURCES.get(args.module, ()))
     exclude = set(Path(args.exclude).read_text().split()) if args.exclude else set()
     try:
         module = importlib.import_module(f"test.{args.module}")
     except unittest.SkipTest as exc:
         recorder.emit({"event": "module-skip", "reason": str(exc)})
+        recorder.emit({"event": "done"})
         return 0
     suite = unittest.defaultTestLoader.loadTestsFromModule(module)
     in_loop = mode in SOCKETLOOP_MODES
@@ -326,6 +329,55 @@ class Run:
         return sum(1 for outcome in self.outcomes.values() if outcome in kinds)
 
 
+def _supervise(
+    command: list[str], env: dict[str, str], out: Path, stderr_path: Path, args: argparse.Namespace
+) -> tuple[str, int]:
+    """Run one child; kill it when one test (or the whole module) outlives its bound.
+
+    The child's own watchdog interrupts a test after ``--test-timeout``; this
+    is for a child that cannot be interrupted (a loop that never returns to
+    Python, as gevent's does while it polls).  Returns (stderr, exit code),
+    the code -1 when the child was killed.
+    """
+    deadline = time.monotonic() + args.module_timeout
+    grace = args.test_timeout + 15.0
+    running: str | None = None
+    since = time.monotonic()
+    offset = 0
+    with stderr_path.open("wb") as stderr_file:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+        )
+        try:
+            while proc.poll() is None:
+                time.sleep(0.25)
+                with out.open("rb") as stream:
+                    stream.seek(offset)
+                    chunk = stream.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                offset += len(complete)
+                for line in complete.splitlines():
+                    record = json.loads(line)
+                    if record["event"] == "start":
+                        running, since = record["id"], time.monotonic()
+                    elif record["event"] == "end":
+                        running = None
+                now = time.monotonic()
+                if now > deadline or (running is not None and now - since > grace):
+                    proc.kill()
+                    proc.wait()
+                    return stderr_path.read_text(errors="replace"), -1
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return stderr_path.read_text(errors="replace"), proc.returncode
+
+
 def run_child(
     python: str,
     module: str,
@@ -347,20 +399,7 @@ def run_child(
             command += ["--test-timeout", str(args.test_timeout)]
             if args.coro:
                 command.append("--coro")
-            try:
-                proc = subprocess.run(
-                    command,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    timeout=args.module_timeout,
-                    check=False,
-                )
-                stderr, code = proc.stderr.decode(errors="replace"), proc.returncode
-            except subprocess.TimeoutExpired as exc:
-                stderr = (exc.stderr or b"").decode(errors="replace")
-                code = -1
+            stderr, code = _supervise(command, env, out, Path(tmp) / "stderr.txt", args)
             started: str | None = None
             done = False
             for line in out.read_text().splitlines():
@@ -537,6 +576,13 @@ def report(
                     else:
                         unexpected.append((mode, test_id, run.details.get(test_id, outcome)))
         print(f"| {module} | " + " | ".join(cells) + f" | {regressions} ({listed}) |")
+    print("\nseconds per module and mode\n")
+    print("| module | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for module in modules:
+        print(
+            f"| {module} | " + " | ".join(f"{runs[(module, m)].seconds:.0f}" for m in modes) + " |"
+        )
     if "gevent" in modes and "unpatched" in modes:
         total = 0
         for module in modules:
