@@ -57,7 +57,7 @@ class CoroLoop(Loop):
         saved = self._loop_thread
         self._loop_thread = getcurrent()
         try:
-            return super()._resume_into(thread, arg)
+            return Loop._resume_into(self, thread, arg)  # not super(): it builds an object per call
         finally:
             self._loop_thread = saved
 

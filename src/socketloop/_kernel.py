@@ -510,7 +510,8 @@ class Kernel(Scheduler):
         the loop stays usable.
         """
         self._claim()
-        self._refuse_if_hosted("step()")
+        if self._host is not None:  # the check inline: step() is called in loops
+            self._refuse_if_hosted("step()")
         g = getcurrent()
         if isinstance(g, Thread) and g._loop is self:
             raise RuntimeError("step()/start() cannot run inside a thread of the same loop")
@@ -724,7 +725,8 @@ class Kernel(Scheduler):
         many arrive.  After ``close()`` this is a no-op.  ``TypeError`` at
         the call if ``fn`` is not callable.
         """
-        require_callable(fn, "the callback")
+        if not callable(fn):  # inline: a call costs more than the check
+            require_callable(fn, "the callback")
         if self._closed:
             return
         self._threadsafe.append((fn, args))

@@ -203,7 +203,8 @@ class Scheduler(IdlePool):
         propagate here: it is logged and kept for ``join()``.  A ``handler``
         that is not callable raises ``TypeError`` here.
         """
-        require_callable(handler, "the thread's handler")
+        if not callable(handler):  # inline: a call costs more than the check
+            require_callable(handler, "the thread's handler")
         root = self._claim()
         thread: Thread[R] = (
             self._take_idle(handler, args, kwargs, root)
@@ -219,7 +220,8 @@ class Scheduler(IdlePool):
 
         A ``handler`` that is not callable raises ``TypeError`` here.
         """
-        require_callable(handler, "the thread's handler")
+        if not callable(handler):  # inline: a call costs more than the check
+            require_callable(handler, "the thread's handler")
         root = self._claim()
         thread: Thread[R] = (
             self._take_idle(handler, args, kwargs, root)
@@ -671,7 +673,8 @@ class Scheduler(IdlePool):
         not callable.
         """
         self._claim()
-        require_callable(fn, "the callback")
+        if not callable(fn):  # inline: a call costs more than the check
+            require_callable(fn, "the callback")
         self._callbacks.append((fn, args))
 
     def call_later(self, delay: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
@@ -687,7 +690,8 @@ class Scheduler(IdlePool):
     def call_at(self, when: float, fn: Callable[..., object], /, *args: Any) -> TimerHandle:
         """Call ``fn(*args)`` at ``when`` (a ``time.monotonic()`` value)."""
         self._claim()
-        require_callable(fn, "the callback")
+        if not callable(fn):  # inline: a call costs more than the check
+            require_callable(fn, "the callback")
         if math.isnan(when):
             raise ValueError("when is NaN")
         return self._timers.add(when, fn, args)
