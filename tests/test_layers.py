@@ -151,6 +151,7 @@ def test_every_module_of_the_layers_is_named_here() -> None:
         "_cli",
         "_coro",
         "_hostdriver",
+        "_http",
         "_loop",
         "_patch",
         "_workers",
@@ -160,5 +161,7 @@ def test_every_module_of_the_layers_is_named_here() -> None:
         "ssl",
         "testing",
         "wsgi",
+        "_wsgiconn",
+        "_wsgiresponse",
     }
     assert set(_modules()) == KERNEL | SERVICES | above
