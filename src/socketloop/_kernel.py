@@ -40,6 +40,12 @@ Blocking and waking, the one wait protocol:
   suspended (kill, timeout scopes, deadlock).
 - ``_current_or_raise(what)``, ``_refuse_in_dispatcher(g, what)``: the
   checks a blocking call makes first.
+- ``run_until(done, deadline, step, timed_out=, stuck=)``: the one way to
+  wait from outside any loop thread (join, primitives, blocking socket
+  calls): call ``step`` until ``done()``, ``TimeoutError`` at the deadline,
+  the caller's ``stuck()`` error when no step can make progress;
+  ``step_loops(timeout, first)`` is the ``step`` that runs the loop(s) of
+  the calling OS thread.
 
 File descriptors (the hot path of ``AsyncSocket``):
 
@@ -108,6 +114,8 @@ from ._scheduler import (
     is_dispatching,
     loops_of_this_os_thread,
     open_loops,
+    run_until,
+    step_loops,
 )
 from ._threads import (
     DEAD,
@@ -129,6 +137,8 @@ __all__ = [
     "is_dispatching",
     "loops_of_this_os_thread",
     "open_loops",
+    "run_until",
+    "step_loops",
 ]
 
 logger = logging.getLogger("socketloop")
