@@ -6,10 +6,10 @@ see the charter of ``_kernel``), switching into threads, join and kill,
 the one way to wait from outside any loop thread (``run_until``),
 and the timer and callback queues with the one place that calls user
 callbacks (``_call_user``).  ``Scheduler`` is the base class of
-``_kernel.Kernel``, which adds the driver, the fd waiter tables and the
-dispatcher; the two are one object, so the hot path finds every table and
-counter in one place.  It must not know about file descriptors, sockets or
-anything above the kernel.
+``_lifecycle.Lifecycle`` and so of ``_kernel.Kernel``, which adds the
+driver, the fd waiter tables and the dispatcher; they are one object, so the
+hot path finds every table and counter in one place.  It must not know about
+file descriptors, sockets or anything above the kernel.
 """
 
 from __future__ import annotations
