@@ -22,6 +22,7 @@ KERNEL = {
     "_forking",
     "_idle",
     "_kernel",
+    "_lifecycle",
     "_originals",
     "_poll_epoll",
     "_poll_poll",

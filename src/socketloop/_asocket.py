@@ -41,7 +41,7 @@ from greenlet import getcurrent, greenlet
 from . import _originals
 from ._address import format_address
 from ._errors import BusyResourceError, SendallTimeoutError, closed_error
-from ._kernel import is_dispatching
+from ._kernel import is_dispatching, run_until
 from ._sockcalls import (
     _DONTWAIT,
     _NOSIGNAL,
@@ -192,12 +192,17 @@ class AsyncSocket(SocketCalls):
             raise closed_error()
         poller = _originals.poll()
         poller.register(fd, select.POLLOUT if writing else select.POLLIN)
-        if deadline is None:
-            poller.poll()
-            return
-        remaining = max(0.0, deadline - time.monotonic())
-        if not poller.poll(math.ceil(remaining * 1000)):
-            raise TimeoutError("timed out")
+        ready = False
+
+        def poll_once(remaining: float | None) -> bool:
+            # A plain poll(2), no loop: outside loop threads a socket blocks
+            # like a plain one.  It can always make progress (the peer may
+            # write), so the wait ends only when ready or at the deadline.
+            nonlocal ready
+            ready = bool(poller.poll(None if remaining is None else math.ceil(remaining * 1000)))
+            return True
+
+        run_until(lambda: ready, deadline, poll_once, timed_out="timed out")
 
     def _spent(self) -> None:
         """Count one completed operation against the thread's fairness budget."""

@@ -15,7 +15,11 @@ pools, TLS, timeout scopes, signals other than Ctrl-C, introspection
 reports.  Those are layers above (``_loop`` is the façade that assembles
 them) and reach the kernel only through the service surface below.  The
 kernel imports nothing above ``_threads``, ``_timers``, ``_idle``,
-``_wakeup``, ``_driver``, ``_forking`` and ``_signals``.
+``_wakeup``, ``_driver``, ``_forking`` and ``_signals``.  Its cold ends
+(``close()``, releasing an unclosed kernel, the reset in a forked child, the
+close and fork hooks) live in the base class ``_lifecycle.Lifecycle``, so the
+class that holds the dispatcher stays small; the MRO is one chain:
+``Kernel`` → ``Lifecycle`` → ``Scheduler`` → ``IdlePool``.
 
 Service surface (for the layers above; underscored only because ``Loop``
 inherits it and users must not call it)
@@ -40,6 +44,12 @@ Blocking and waking, the one wait protocol:
   suspended (kill, timeout scopes, deadlock).
 - ``_current_or_raise(what)``, ``_refuse_in_dispatcher(g, what)``: the
   checks a blocking call makes first.
+- ``run_until(done, deadline, step, timed_out=, stuck=)``: the one way to
+  wait from outside any loop thread (join, primitives, blocking socket
+  calls): call ``step`` until ``done()``, ``TimeoutError`` at the deadline,
+  the caller's ``stuck()`` error when no step can make progress;
+  ``step_loops(timeout, first)`` is the ``step`` that runs the loop(s) of
+  the calling OS thread.
 
 File descriptors (the hot path of ``AsyncSocket``):
 
@@ -89,28 +99,28 @@ import concurrent.futures
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from greenlet import getcurrent, greenlet
 
-from . import _forking, _signals
+from . import _signals
 from ._driver import Driver, make_driver
-from ._errors import BusyResourceError, ThreadExit, closed_error, require_callable
+from ._errors import BusyResourceError, closed_error, require_callable
+from ._lifecycle import Hook, Lifecycle
 from ._scheduler import (
     FAIRNESS_BUDGET,
     TIMED_OUT,
-    Scheduler,
     _live_loops,
     _Sentinel,
     is_dispatching,
     loops_of_this_os_thread,
     open_loops,
+    run_until,
+    step_loops,
 )
 from ._threads import (
-    DEAD,
     RUNNING,
     WAITING,
     Thread,
@@ -129,6 +139,8 @@ __all__ = [
     "is_dispatching",
     "loops_of_this_os_thread",
     "open_loops",
+    "run_until",
+    "step_loops",
 ]
 
 logger = logging.getLogger("socketloop")
@@ -145,18 +157,8 @@ MAX_POLL_TIMEOUT = 24 * 3600.0
 # What a waiter on an fd is woken with when the fd is closed under it.
 _CLOSED: Any = _Sentinel("CLOSED")
 
-Hook = Callable[[], object]
 
-
-def _reset_all_after_fork() -> None:
-    for loop in list(_live_loops):
-        loop._reset_after_fork()
-
-
-_forking.at_fork_in_child(_reset_all_after_fork)
-
-
-class Kernel(Scheduler):
+class Kernel(Lifecycle):
     """The scheduler and dispatcher behind ``Loop``; see the module charter.
 
     Bound to the OS thread that first runs or creates threads in it; using it
@@ -164,10 +166,6 @@ class Kernel(Scheduler):
     ``call_soon_threadsafe`` and ``stop``.  ``poller`` names the driver:
     ``"epoll"`` (default on Linux) or ``"poll"``.
     """
-
-    #: Default loops are made implicitly by get_loop(); not closing them is
-    #: not the user's mistake, so they are released without a warning.
-    _implicit = False
 
     def __init__(self, *, poller: str | None = None) -> None:
         super().__init__()
@@ -198,25 +196,6 @@ class Kernel(Scheduler):
         self._fork_hooks: list[Hook] = []
         self._idle_hooks: list[Callable[[], bool]] = [self._break_deadlock]
         _live_loops.add(self)  # type: ignore[arg-type]  # a Loop (the façade) at run time
-
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        if not self._implicit:
-            warnings.warn(f"unclosed loop {self!r}", ResourceWarning, source=self, stacklevel=1)
-        self._closed = True
-        try:
-            self._wakeup.close()
-            self._poller.close()
-            for hook in self._close_hooks:
-                hook()
-        except Exception:
-            pass
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` has run."""
-        return self._closed
 
     @property
     def running(self) -> bool:
@@ -734,14 +713,6 @@ class Kernel(Scheduler):
 
     # ------------------------------------------------------------- hooks
 
-    def _on_close(self, hook: Hook) -> None:
-        """Run ``hook()`` in ``close()``, after the threads ended, before the driver is released."""
-        self._close_hooks.append(hook)
-
-    def _on_fork(self, hook: Hook) -> None:
-        """Run ``hook()`` in a forked child, after the kernel reset itself."""
-        self._fork_hooks.append(hook)
-
     def _on_idle(self, hook: Callable[[], bool]) -> None:
         """Call ``hook()`` when ``start()`` finds nothing pending; True keeps it running."""
         self._idle_hooks.insert(len(self._idle_hooks) - 1, hook)  # before the deadlock breaker
@@ -802,84 +773,3 @@ class Kernel(Scheduler):
             return False
         self._step(0.0)
         return bool(self._ready or self._callbacks or self._threadsafe)
-
-    # ------------------------------------------------------------- closing
-
-    def close(self) -> None:
-        """Kill the remaining threads (their ``finally`` blocks run) and release the poller.
-
-        Idempotent.  Afterwards every method but ``close`` raises
-        ``RuntimeError``.  Refused while ``start()`` is running.
-        """
-        if self._closed:
-            return
-        if self._owner is not None and self._owner != threading.get_ident():
-            raise RuntimeError("a loop can only be closed from the OS thread that runs it")
-        if self._running or self._dispatching:
-            raise RuntimeError("cannot close a running loop; stop() it first")
-        self._refuse_if_hosted("close()")
-        g = getcurrent()
-        if isinstance(g, Thread) and g._loop is self:
-            raise RuntimeError("a loop cannot be closed from one of its own threads")
-        for _ in range(3):
-            alive = [t for t in self._threads if t._state != DEAD]
-            if not alive:
-                break
-            for thread in alive:
-                try:
-                    self._kill(thread, ThreadExit, block=False, timeout=None)
-                except RuntimeError:
-                    pass
-            while self._ready:
-                self._step(0)
-        leftover = [t for t in self._threads if t._state != DEAD]
-        if leftover:
-            logger.warning("loop closed with threads that would not exit: %r", leftover)
-        self._retire_idle()
-        self._closed = True
-        _live_loops.discard(self)  # type: ignore[arg-type]
-        for hook in self._close_hooks:
-            hook()
-        self._timers.clear()
-        self._ready.clear()
-        self._callbacks.clear()
-        self._run_calls_due_at_close()
-        self._threadsafe.clear()
-        self._readers.clear()
-        self._writers.clear()
-        self._wakeup.close()
-        self._poller.close()
-
-    def _run_calls_due_at_close(self) -> None:
-        # Cross-thread calls marked ``runs_at_loop_close`` (a socket closed
-        # from another OS thread) run instead of being dropped: the fd must
-        # not outlive the loop that was to release it.
-        for fn, args in list(self._threadsafe):
-            if getattr(fn, "runs_at_loop_close", False):
-                self._call_user(fn, args)
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: fresh driver and wake-up fd; the parent's threads
-        are abandoned (never resumed, their ``finally`` blocks never run)."""
-        current = getcurrent()
-        keep = current if isinstance(current, Thread) and current._loop is self else None
-        _forking.abandon([t for t in self._threads if t is not keep])
-        _forking.abandon(self._idle)
-        self._idle = []
-        self._threads = {keep} if keep is not None else set()
-        self._ready.clear()
-        self._callbacks.clear()
-        self._run_calls_due_at_close()
-        self._threadsafe.clear()
-        self._readers.clear()
-        self._writers.clear()
-        self._timers.clear()
-        self._closed_fds.clear()
-        self._external_waits = 0
-        self._poller.abandon()
-        self._poller = make_driver(self._poller_name, self)
-        self._wakeup.abandon()
-        self._wakeup = Wakeup()
-        self._poller.register_wakeup(self._wakeup.fd)
-        for hook in self._fork_hooks:
-            hook()

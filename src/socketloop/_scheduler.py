@@ -3,12 +3,13 @@
 Charter: the thread state machine (``_threads`` documents the states) and
 the one wait protocol of the package (``_block``/``_wake``/``_interrupt``,
 see the charter of ``_kernel``), switching into threads, join and kill,
+the one way to wait from outside any loop thread (``run_until``),
 and the timer and callback queues with the one place that calls user
 callbacks (``_call_user``).  ``Scheduler`` is the base class of
-``_kernel.Kernel``, which adds the driver, the fd waiter tables and the
-dispatcher; the two are one object, so the hot path finds every table and
-counter in one place.  It must not know about file descriptors, sockets or
-anything above the kernel.
+``_lifecycle.Lifecycle`` and so of ``_kernel.Kernel``, which adds the
+driver, the fd waiter tables and the dispatcher; they are one object, so the
+hot path finds every table and counter in one place.  It must not know about
+file descriptors, sockets or anything above the kernel.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAIRNESS_BUDGET",
+    "SHARED_STEP",
     "TIMED_OUT",
     "Scheduler",
     "is_dispatching",
     "loops_of_this_os_thread",
     "open_loops",
+    "run_until",
+    "step_loops",
 ]
 
 logger = logging.getLogger("socketloop")
@@ -114,6 +118,67 @@ def loops_of_this_os_thread() -> list[Loop]:
     """The open loops bound to (or not yet bound to any) calling OS thread."""
     ident = threading.get_ident()
     return [loop for loop in list(_live_loops) if loop._owner in (None, ident) and not loop._closed]
+
+
+#: When a wait outside loop threads must run several loops of one OS thread,
+#: each gets a step of at most this long in turn, so none is starved and the
+#: wait notices its end promptly.
+SHARED_STEP = 0.01
+
+
+def run_until(
+    done: Callable[[], bool],
+    deadline: float | None,
+    step: Callable[[float | None], bool],
+    *,
+    timed_out: str,
+    stuck: Callable[[], BaseException] | None = None,
+) -> None:
+    """Wait from outside any loop thread: call ``step`` until ``done()`` is true.
+
+    The one way a caller that is not a loop thread (the main program, another
+    OS thread, a foreign greenlet) waits for something: ``step(remaining)``
+    makes progress for at most ``remaining`` seconds (None: as long as it
+    needs), typically one ``step()`` of the loop(s) that can end the wait
+    (``step_loops``), or a plain ``poll(2)``.  It returns False when nothing
+    could ever make ``done()`` true; ``stuck()`` is then raised (the caller's
+    ``RuntimeError``/``DeadlockError`` with its own message).  At
+    ``deadline`` (a ``time.monotonic()`` value, None: never) raises
+    ``TimeoutError(timed_out)``; ``done()`` is checked before the deadline,
+    so a wait already over never times out, and a deadline already passed
+    raises without stepping.  Blocks the calling OS thread; refusing to be
+    called from a dispatcher (``is_dispatching``) is the caller's job, with
+    its own message.
+    """
+    while not done():
+        remaining = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(timed_out)
+        if not step(remaining) and stuck is not None:
+            raise stuck()
+
+
+def step_loops(timeout: float | None, first: Loop | None = None) -> bool:
+    """One step of the loop(s) of this OS thread that could end a wait; False if none can.
+
+    ``first`` (when open and with something pending) is the only loop
+    stepped; otherwise every open loop of this OS thread with something
+    pending is a candidate, and several candidates share the time in steps
+    of at most ``SHARED_STEP`` each.  A ``step`` for ``run_until``.
+    """
+    if first is not None and not first._closed and first._has_pending():
+        return first.step(timeout)
+    candidates = [loop for loop in loops_of_this_os_thread() if loop._has_pending()]
+    if not candidates:
+        return False
+    if len(candidates) == 1:
+        return candidates[0].step(timeout)
+    for loop in candidates:
+        slice_ = SHARED_STEP if timeout is None else min(timeout, SHARED_STEP)
+        loop.step(slice_ / len(candidates))
+    return True
 
 
 class Scheduler(IdlePool):
@@ -533,17 +598,16 @@ class Scheduler(IdlePool):
                 raise TimeoutError(f"timed out joining {thread!r}")
             return
         self._refuse_in_dispatcher(g, "join()")
-        while thread._state != DEAD:
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"timed out joining {thread!r}")
-            if not self.step(remaining):
-                raise RuntimeError(
-                    f"{thread!r} can never finish: nothing in the loop is waiting on I/O "
-                    "or timers that could wake it"
-                )
+        run_until(
+            lambda: thread._state == DEAD,
+            deadline,
+            self.step,
+            timed_out=f"timed out joining {thread!r}",
+            stuck=lambda: RuntimeError(
+                f"{thread!r} can never finish: nothing in the loop is waiting on I/O "
+                "or timers that could wake it"
+            ),
+        )
 
     def _kill(
         self,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from greenlet import getcurrent, greenlet
 
 from ._errors import DeadlockError
-from ._kernel import TIMED_OUT, is_dispatching, loops_of_this_os_thread
+from ._kernel import TIMED_OUT, is_dispatching, run_until, step_loops
 from ._threads import Thread
 
 if TYPE_CHECKING:
@@ -54,11 +54,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: When a wait outside loop threads must run several loops of one OS thread,
-#: each gets a step of at most this long in turn, so none is starved and the
-#: wait notices its grant promptly.
-_SHARED_STEP = 0.01
 
 
 class _Waiter:
@@ -159,46 +154,25 @@ class _WaitQueue:
         waiter = _Waiter(current, None)
         self._waiters.append(waiter)
         try:
-            while not waiter.granted:
-                remaining = None
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"timed out waiting for {primitive!r}")
-                if not self._run_loops(remaining):
-                    # The same condition start() reports in loop threads:
-                    # nothing left could ever release this wait.
-                    raise DeadlockError(
-                        f"waiting on {primitive!r} outside any loop thread would block "
-                        "forever: no loop of this OS thread has anything left that could "
-                        "release it"
-                    )
+            # The same condition start() reports in loop threads when nothing
+            # left could ever release this wait.
+            run_until(
+                lambda: waiter.granted,
+                deadline,
+                lambda remaining: step_loops(remaining, self._loop_hint),
+                timed_out=f"timed out waiting for {primitive!r}",
+                stuck=lambda: DeadlockError(
+                    f"waiting on {primitive!r} outside any loop thread would block "
+                    "forever: no loop of this OS thread has anything left that could "
+                    "release it"
+                ),
+            )
             return waiter
         except BaseException:
             self._discard(waiter)
             if waiter.granted and give_back is not None:
                 give_back(waiter)
             raise
-
-    def _run_loops(self, timeout: float | None) -> bool:
-        """Run one step of the loop(s) that could end an outside wait; False if none can.
-
-        The loop of the last thread that waited here comes first; otherwise
-        every open loop of this OS thread with something pending is a
-        candidate.  Several candidates share the time in short steps.
-        """
-        hint = self._loop_hint
-        if hint is not None and not hint.closed and hint._has_pending():
-            return hint.step(timeout)
-        candidates = [loop for loop in loops_of_this_os_thread() if loop._has_pending()]
-        if not candidates:
-            return False
-        if len(candidates) == 1:
-            return candidates[0].step(timeout)
-        for loop in candidates:
-            slice_ = _SHARED_STEP if timeout is None else min(timeout, _SHARED_STEP)
-            loop.step(slice_ / len(candidates))
-        return True
 
     def _discard(self, waiter: _Waiter) -> None:
         try:
