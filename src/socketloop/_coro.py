@@ -37,7 +37,7 @@ class CoroLoop(Loop):
     def __init__(self, *, poller: str | None = None) -> None:
         super().__init__(poller=poller)
         #: The current loop thread; None means the OS thread's root greenlet.
-        self._loop_thread: greenlet | None = None
+        self._loop_thread = None
 
     def _loop_target(self) -> greenlet:
         target = self._loop_thread
@@ -52,14 +52,8 @@ class CoroLoop(Loop):
     # cannot go stale: the binding only changes inside resume()/newthread()
     # calls the thread itself makes, which restore it before returning.
 
-    def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
-        # The caller is the loop thread while the resumed thread runs.
-        saved = self._loop_thread
-        self._loop_thread = getcurrent()
-        try:
-            return Loop._resume_into(self, thread, arg)  # not super(): it builds an object per call
-        finally:
-            self._loop_thread = saved
+    # ``_resume_into`` is the kernel's: it makes the caller the loop thread
+    # while the resumed thread runs (``_loop_thread``, declared there).
 
     def _step(self, timeout: float | None) -> bool:
         saved = self._loop_thread

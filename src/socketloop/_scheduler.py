@@ -186,6 +186,10 @@ class Scheduler(IdlePool):
 
     #: True for the symmetric-coroutine loop (``socketloop.coro``).
     symmetric = False
+    #: The symmetric model's current loop thread (None: the OS thread's root
+    #: greenlet); ``_resume_into`` keeps it, so that ``_coro`` needs no
+    #: second frame on the resume path.  Unused by the asymmetric model.
+    _loop_thread: greenlet | None = None
 
     def __init__(self) -> None:
         self._ready: collections.deque[Thread[Any]] = collections.deque()
@@ -411,6 +415,10 @@ class Scheduler(IdlePool):
         """
         current = getcurrent()
         caller = current if isinstance(current, Thread) else None
+        symmetric = self.symmetric
+        saved = self._loop_thread
+        if symmetric:  # the caller is the loop thread while the resumed thread runs
+            self._loop_thread = current
         thread._resumer = current
         thread._state = RUNNING
         self._budget = FAIRNESS_BUDGET
@@ -418,14 +426,16 @@ class Scheduler(IdlePool):
             caller._state = NORMAL
         try:
             value = thread.switch(arg)
-            if thread._state == RUNNING and not self.symmetric:
+            if thread._state == RUNNING and not symmetric:
                 self._foreign_switch(thread)
         finally:
+            if symmetric:
+                self._loop_thread = saved
             if caller is not None and caller._state == NORMAL:
                 caller._state = RUNNING
         if caller is not None:
             self._deliver_pending_kill(caller)
-        return value if self.symmetric else None
+        return value if symmetric else None
 
     def _transfer(self, thread: Thread[Any], arg: Any, resumer: greenlet) -> Any:
         """Switch straight from the caller into ``thread``, which will return to ``resumer``.
