@@ -387,6 +387,36 @@ class Kernel(Lifecycle):
         self._poller.register(fd)
         sock._poller = self._poller
 
+    def _register_exclusive(self, sock: AsyncSocket) -> None:
+        """Register a listener's fd for exclusive wake-ups before its first wait.
+
+        With the epoll driver, one process of several sharing the listener
+        is woken per connection (``EPOLLEXCLUSIVE``, which cannot be added
+        to an existing registration: hence before the lazy one).  Other
+        drivers, a closed socket or one registered already: nothing.
+        """
+        register = getattr(self._poller, "register_exclusive", None)
+        fd = sock.fileno()
+        if register is None or fd < 0 or sock._poller is self._poller:
+            return
+        register(fd)
+        sock._poller = self._poller
+
+    @staticmethod
+    def _drop_registration(sock: AsyncSocket) -> None:
+        """Remove ``sock``'s registration now instead of at the fd's last close.
+
+        For an fd other processes keep open (an inherited listener): epoll
+        keeps a registration while the file is open anywhere.
+        """
+        poller = sock._poller
+        fd = sock.fileno()
+        if poller is not None and fd >= 0:
+            try:
+                poller.unregister(fd)
+            except OSError:
+                pass
+
     def _unregister_socket(self, sock: AsyncSocket, fd: int) -> None:
         if self._readers.get(fd) is not None or self._writers.get(fd) is not None:
             waiter = self._readers.get(fd) or self._writers.get(fd)

@@ -397,25 +397,10 @@ class Server:
         # it would go on waking this loop and, with EPOLLEXCLUSIVE, swallow
         # wake-ups meant for the processes still accepting.  So remove it
         # explicitly (one system call per server close).
-        poller = self.socket._poller
-        fd = self.socket.fileno()
-        if poller is not None and fd >= 0:
-            try:
-                poller.unregister(fd)
-            except OSError:
-                pass
+        self._loop._drop_registration(self.socket)
 
     def _register_exclusive(self) -> None:
-        # Before the first wait, so the loop's lazy registration (which would
-        # add the fd without the flag; EPOLLEXCLUSIVE cannot be added later
-        # with EPOLL_CTL_MOD) finds it registered already.
-        poller = self._loop._poller
-        register = getattr(poller, "register_exclusive", None)
-        fd = self.socket.fileno()
-        if register is None or fd < 0 or self.socket._poller is poller:
-            return
-        register(fd)
-        self.socket._poller = poller
+        self._loop._register_exclusive(self.socket)
 
     def _accept_loop(self) -> None:
         lsock = self.socket
