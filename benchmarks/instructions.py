@@ -15,6 +15,10 @@ Workloads (each on the default loop and on ``socketloop.coro``):
 - ``churn``: a server and a client thread on 127.0.0.1; one op is connect,
   one 64 B echo, close (accept, a new handler thread, its end).
 - ``spawn``: ``newthread(f)`` where ``f`` returns at once, then a step.
+- ``resume``: ``resume(t)`` of a thread that ``suspend()``s again at once;
+  one op is one resume/suspend round trip.
+- ``sleep0``: one thread calling ``sleep(0)``: one op is one yield to the
+  dispatcher and back.
 
 usage::
 
@@ -86,9 +90,28 @@ def spawn(mod, n):
         loop.newthread(f)
         loop.step(0)
 
+def resume(mod, n):
+    loop = mod.get_loop()
+    def f():
+        while True:
+            loop.suspend()
+    t = loop.newthread(f)
+    for _ in range(n):
+        loop.resume(t)
+    t.kill(block=False)
+    loop.step(0)
+
+def sleep0(mod, n):
+    loop = mod.get_loop()
+    def f():
+        for _ in range(n):
+            loop.sleep(0)
+    loop.newthread(f)
+    loop.start()
+
 kind, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 mod = socketloop if kind == "default" else socketloop.coro
-{"pingpong": pingpong, "churn": churn, "spawn": spawn}[name](mod, 200)  # warm caches
+globals()[name](mod, 200)  # warm caches
 globals()[name](mod, n)
 """
 
@@ -126,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", action="append", help="interpreter to measure (repeatable)")
     parser.add_argument("--n", type=int, default=2000, help="operations in the smaller run")
-    parser.add_argument("--workloads", default="pingpong,churn,spawn")
+    parser.add_argument("--workloads", default="pingpong,churn,spawn,resume,sleep0")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")

@@ -287,7 +287,18 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_readme_section(data: dict[str, Any], micro: dict[str, Any] | None = None) -> str:
+def render_readme_section(
+    data: dict[str, Any],
+    micro: dict[str, Any] | None = None,
+    hosted_run: dict[str, Any] | None = None,
+    wsgi: dict[str, Any] | None = None,
+) -> str:
+    """The README's benchmark section.
+
+    ``hosted_run`` is a focused run of the hosted servers (``results/hosted``),
+    shown only when the main run has no hosted rows; ``wsgi`` the document
+    ``wsgi_bench.py --out`` writes.
+    """
     out = [
         "",
         "Produced by `make bench` (see [benchmarks/README.md](benchmarks/README.md); every "
@@ -312,7 +323,95 @@ def render_readme_section(data: dict[str, Any], micro: dict[str, Any] | None = N
         ]
         out += micro_table(micro)
         out += [""]
+    if not hosted and hosted_run is not None and hosted_targets_table(hosted_run):
+        out += [
+            "### Hosted on asyncio and uvloop",
+            "",
+            "A focused run of `benchmarks/run.py` (socketloop native and hosted, and the "
+            "asyncio/uvloop streams servers), every figure from that one run:",
+            "",
+        ]
+        out += header_lines(hosted_run)
+        out += ["", "Targets of issue 11:", "", *hosted_targets_table(hosted_run)]
+        out += ["", "Medians (req/s) and server CPU µs per request:", ""]
+        out += summary_table(hosted_run)
+        out += [""]
+        out += summary_table(hosted_run, "server_cpu_us")
+        out += [""]
+    if wsgi is not None:
+        out += [
+            "### WSGI servers",
+            "",
+            "`benchmarks/wsgi_bench.py` (part of `make bench`): a 14-byte `hello` app and a "
+            "`backend` app that makes one blocking 5 ms HTTP call per request, over HTTP/1.1 "
+            "keep-alive with 100 connections.  `gevent.pywsgi` as shipped leaves Nagle's "
+            "algorithm on and writes headers and body separately, so each keep-alive request "
+            "waits ~40 ms for the client's delayed ACK; `gevent.pywsgi-nodelay` is the same "
+            "server with `TCP_NODELAY` on each connection, the fair peer the targets use.",
+            "",
+        ]
+        out += wsgi_section(wsgi)
+        out += [""]
     return "\n".join(out)
+
+
+#: Issue 12's targets: (app, workers, server, peer, figure, bound, target text).
+WSGI_TARGETS = (
+    ("hello", 1, "socketloop.wsgi", "gevent.pywsgi-nodelay", "rps_ratio", 1.5, "≥ 1.5x"),
+    ("hello", 1, "socketloop.wsgi", "gevent.pywsgi-nodelay", "cpu_ratio", 0.65, "≤ 0.65x"),
+    ("hello", 1, "gunicorn-socketloop", "gunicorn-gevent", "rps_ratio", 1.3, "≥ 1.3x"),
+    ("hello", 1, "gunicorn-socketloop", "gunicorn-gthread", "rps_ratio", 1.0, "> 1.0x"),
+)
+
+
+def wsgi_section(doc: dict[str, Any]) -> list[str]:
+    """The WSGI rows (``benchmarks/wsgi_bench.py --out``): header, targets, rows, ratios."""
+    m = doc["meta"]
+    out = [
+        f"- **Date**: {m['date']}; socketloop revision {m['revision']}; Python {m['python']}",
+        f"- **Method**: {m['rounds']} interleaved round(s) of {m['duration']:g} s, "
+        f"`wrk -t1 -c{m['connections']}` on CPU 1, the server on CPU 0 (CPUs 0-1 with 2 "
+        "workers, shared with wrk: compare CPU per request there, not the rate); medians "
+        "over rounds; ratios are medians of per-round ratios",
+        f"- **Command**: `{m['command']}`",
+        "",
+    ]
+    ratios = {(r["app"], r["workers"], r["server"], r["peer"]): r for r in doc["ratios"]}
+    lines = ["| hello app, 1 worker | target | result |", "|---|---|---:|"]
+    for app, workers, server, peer, figure, bound, text in WSGI_TARGETS:
+        r = ratios.get((app, workers, server, peer))
+        value = None if r is None else r[figure]
+        what = "req/s" if figure == "rps_ratio" else "server CPU per request"
+        if value is None:
+            cell = "-"
+        else:
+            met = value <= bound if figure == "cpu_ratio" else value >= bound
+            if text.startswith(">"):
+                met = value > bound
+            cell = f"{value:.2f}x {'met' if met else '**not met**'}"
+        lines.append(f"| {server} vs {peer}: {what} | {text} | {cell} |")
+    out += lines
+    out += [
+        "",
+        "| app | workers | server | req/s | server CPU ms per 1,000 requests |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for row in doc["rows"]:
+        errors = f" ({row['errors']} errors)" if row.get("errors") else ""
+        out.append(
+            f"| {row['app']} | {row['workers']} | {row['server']}{errors} | {row['rps']:,.0f} | "
+            f"{row['cpu_ms_per_1k']:.1f} |"
+        )
+    out += [
+        "",
+        "| app | workers | server / peer | req/s | CPU per request |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in doc["ratios"]:
+        rps = "-" if r["rps_ratio"] is None else f"{r['rps_ratio']:.2f}x"
+        cpu = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}x"
+        out.append(f"| {r['app']} | {r['workers']} | {r['server']} / {r['peer']} | {rps} | {cpu} |")
+    return out
 
 
 def micro_table(micro: dict[str, Any]) -> list[str]:

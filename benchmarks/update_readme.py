@@ -1,7 +1,10 @@
 """Put the latest benchmark table into the top-level README.md.
 
 Replaces what lies between ``<!-- bench:start -->`` and ``<!-- bench:end -->``
-with the section rendered from ``benchmarks/results/latest.json``.  Changes
+with the section rendered from ``benchmarks/results/latest.json``, plus, when
+present beside it, ``micro.json``, ``wsgi.json`` (``wsgi_bench.py --out``) and
+``hosted/latest.json`` (a focused run of the hosted servers, shown when the
+main run has none).  Changes
 nothing else: without README.md or without both markers it prints why and
 leaves everything as it is.
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -40,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     if start < 0 or end < 0 or end < start:
         print(f"{readme}: markers {START} ... {END} not found; README unchanged")
         return 0
-    micro_path = results.parent / "micro.json"
-    micro = json.loads(micro_path.read_text()) if micro_path.exists() else None
-    section = report.render_readme_section(json.loads(results.read_text()), micro)
+
+    def optional(path: Path) -> dict[str, Any] | None:
+        return json.loads(path.read_text()) if path.exists() else None
+
+    micro = optional(results.parent / "micro.json")
+    hosted_run = optional(results.parent / "hosted" / "latest.json")
+    wsgi = optional(results.parent / "wsgi.json")
+    if wsgi is not None and "meta" not in wsgi:
+        wsgi = None  # the rows of an older wsgi_bench.py: no same-run ratios to show
+    section = report.render_readme_section(
+        json.loads(results.read_text()), micro, hosted_run=hosted_run, wsgi=wsgi
+    )
     new = text[: start + len(START)] + "\n" + section + "\n" + text[end:]
     if new == text:
         print(f"{readme}: already up to date")

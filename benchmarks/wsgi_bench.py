@@ -18,6 +18,12 @@ requests per second and the server's CPU milliseconds per 1,000 requests
 /proc/PID/stat).  With ``--workers 2`` the server gets CPUs 0 and 1, which
 wrk shares: only CPU per request can be compared then, not the rate.
 
+``gevent.pywsgi`` runs twice: as shipped, and as ``gevent.pywsgi-nodelay``
+with ``TCP_NODELAY`` set on each connection.  As shipped it writes the
+header block and the body separately with Nagle's algorithm on, so every
+keep-alive request after the first waits ~40 ms for the client's delayed
+ACK; the nodelay row is the fair peer for CPU and rate comparisons.
+
 Standard library only (the servers are child processes).  A server whose
 package is missing is skipped with a note.
 """
@@ -110,12 +116,28 @@ def server_argv(name: str, app: str, port: int, workers: int, directory: Path) -
             f"socketloop.wsgi.serve(benchapp.{app}, {HOST!r}, {port}, workers={workers})\n"
         )
         return [py, "-c", code]
-    if name == "gevent.pywsgi":
+    if name in ("gevent.pywsgi", "gevent.pywsgi-nodelay"):
         if workers != 1 or not has("gevent"):
             return None
-        code = (
-            f"{PATCH_GEVENT}import benchapp\nfrom gevent.pywsgi import WSGIServer\n"
-            f"WSGIServer(({HOST!r}, {port}), benchapp.{app}, log=None, backlog=1024)"
+        server_class = "WSGIServer"
+        code = f"{PATCH_GEVENT}import benchapp\nfrom gevent.pywsgi import WSGIServer\n"
+        if name.endswith("-nodelay"):
+            # pywsgi as shipped leaves Nagle on and sends the header block
+            # and the body in two writes, so on a keep-alive connection the
+            # body waits for the client's delayed ACK (~40 ms a request).
+            # This row is pywsgi at its best: TCP_NODELAY on every connection.
+            server_class = "NoDelayServer"
+            code += textwrap.dedent(
+                """
+                import socket
+                class NoDelayServer(WSGIServer):
+                    def handle(self, sock, address):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        super().handle(sock, address)
+                """
+            )
+        code += (
+            f"{server_class}(({HOST!r}, {port}), benchapp.{app}, log=None, backlog=1024)"
             ".serve_forever()\n"
         )
         return [py, "-c", code]
@@ -279,11 +301,16 @@ def measure(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
-    parser.add_argument("--rounds", type=int, default=1, help="runs per row; the median wins (1)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds; medians are reported (1)"
+    )
     parser.add_argument("--connections", type=int, default=100, help="wrk connections (100)")
     parser.add_argument(
         "--servers",
-        default="socketloop.wsgi,gevent.pywsgi,gunicorn-socketloop,gunicorn-gevent,gunicorn-gthread",
+        default=(
+            "socketloop.wsgi,gevent.pywsgi,gevent.pywsgi-nodelay,"
+            "gunicorn-socketloop,gunicorn-gevent,gunicorn-gthread"
+        ),
     )
     parser.add_argument("--apps", default="hello", help="hello,backend")
     parser.add_argument("--workers", default="1", help="worker counts, e.g. 1,2")
@@ -293,7 +320,6 @@ def main() -> int:
     if wrk is None or shutil.which("taskset") is None:
         print("wsgi_bench: needs wrk and taskset (apt-get install wrk util-linux)")
         return 2
-    rows: list[dict[str, Any]] = []
     backend: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="wsgi-bench-") as tmp:
         directory = Path(tmp)
@@ -316,35 +342,157 @@ def main() -> int:
             )
             wait_listening(backend, args.backend_port)
         try:
-            for app in args.apps.split(","):
-                for workers in (int(w) for w in args.workers.split(",")):
-                    for name in args.servers.split(","):
-                        runs = []
-                        for _ in range(args.rounds):
-                            row = measure(wrk, name, app, workers, args, directory)
-                            if row is None:
-                                break
-                            runs.append(row)
-                        if not runs:
-                            print(f"  {name:22} {app:8} w={workers}: skipped (not available)")
-                            continue
-                        runs.sort(key=lambda r: r["rps"])
-                        row = runs[len(runs) // 2]
-                        rows.append(row)
-                        print(
-                            f"  {name:22} {app:8} w={workers}: {row['rps']:9.0f} req/s  "
-                            f"{row['cpu_ms_per_1k']:7.1f} CPU ms/1k req  "
-                            f"errors: {row['non_2xx']} {row['socket_errors']}",
-                            flush=True,
-                        )
+            cells = [
+                (app, workers, name)
+                for app in args.apps.split(",")
+                for workers in (int(w) for w in args.workers.split(","))
+                for name in args.servers.split(",")
+            ]
+            runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+            unavailable: set[tuple[str, int, str]] = set()
+            # Rounds are interleaved (every row once, then again) so that a
+            # slow spell of this shared machine hits every row alike.
+            for rnd in range(1, args.rounds + 1):
+                for cell in cells:
+                    if cell in unavailable:
+                        continue
+                    app, workers, name = cell
+                    row = measure(wrk, name, app, workers, args, directory)
+                    if row is None:
+                        unavailable.add(cell)
+                        print(f"  {name:22} {app:8} w={workers}: skipped (not available)")
+                        continue
+                    row["round"] = rnd
+                    runs.setdefault(cell, []).append(row)
+                    print(
+                        f"  r{rnd} {name:22} {app:8} w={workers}: {row['rps']:9.0f} req/s  "
+                        f"{row['cpu_ms_per_1k']:7.1f} CPU ms/1k req  "
+                        f"errors: {row['non_2xx']} {row['socket_errors']}",
+                        flush=True,
+                    )
         finally:
             if backend is not None:
                 backend.terminate()
                 backend.wait(30)
+    rows = [summarize(cell, cell_runs) for cell, cell_runs in runs.items()]
+    ratios = same_run_ratios(runs)
+    print()
+    print("\n".join(render_table(rows, ratios)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "revision": git_revision(),
+            "python": sys.version.split()[0],
+            "command": "python benchmarks/wsgi_bench.py " + " ".join(sys.argv[1:]),
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "connections": args.connections,
+        }
+        document = {"meta": meta, "rows": rows, "ratios": ratios, "runs": list(runs.values())}
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
     return 0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarize(cell: tuple[str, int, str], cell_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of one (app, workers, server) row."""
+    app, workers, name = cell
+    return {
+        "server": name,
+        "app": app,
+        "workers": workers,
+        "rps": round(_median([r["rps"] for r in cell_runs]), 1),
+        "cpu_ms_per_1k": round(_median([r["cpu_ms_per_1k"] for r in cell_runs]), 1),
+        "errors": sum(r["non_2xx"] for r in cell_runs)
+        + sum(1 for r in cell_runs if r["socket_errors"]),
+        "rounds": len(cell_runs),
+    }
+
+
+#: (server, peer) pairs whose ratio is the figure the targets are stated in.
+RATIO_PAIRS = (
+    ("socketloop.wsgi", "gevent.pywsgi-nodelay"),
+    ("socketloop.wsgi", "gevent.pywsgi"),
+    ("gunicorn-socketloop", "gunicorn-gevent"),
+    ("gunicorn-socketloop", "gunicorn-gthread"),
+)
+
+
+def same_run_ratios(runs: dict[tuple[str, int, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Median of per-round ratios (req/s and CPU per request) for each pair in ``RATIO_PAIRS``."""
+    out = []
+    for app, workers in sorted({(a, w) for a, w, _ in runs}):
+        for server, peer in RATIO_PAIRS:
+            mine = {r["round"]: r for r in runs.get((app, workers, server), [])}
+            theirs = {r["round"]: r for r in runs.get((app, workers, peer), [])}
+            both = sorted(set(mine) & set(theirs))
+            if not both:
+                continue
+            rps = [mine[n]["rps"] / theirs[n]["rps"] for n in both if theirs[n]["rps"]]
+            cpu = [
+                mine[n]["cpu_ms_per_1k"] / theirs[n]["cpu_ms_per_1k"]
+                for n in both
+                if theirs[n]["cpu_ms_per_1k"]
+            ]
+            out.append(
+                {
+                    "app": app,
+                    "workers": workers,
+                    "server": server,
+                    "peer": peer,
+                    "rps_ratio": round(_median(rps), 2) if rps else None,
+                    "cpu_ratio": round(_median(cpu), 2) if cpu else None,
+                    "rounds": len(both),
+                }
+            )
+    return out
+
+
+def render_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[str]:
+    """The rows and the ratios as Markdown tables."""
+    out = [
+        "| app | workers | server | req/s | server CPU ms per 1,000 requests | errors |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row['app']} | {row['workers']} | {row['server']} | {row['rps']:,.0f} | "
+            f"{row['cpu_ms_per_1k']:.1f} | {row['errors']} |"
+        )
+    if ratios:
+        out += [
+            "",
+            "| app | workers | server / peer | req/s ratio | CPU per request ratio |",
+            "|---|---:|---|---:|---:|",
+        ]
+        for r in ratios:
+            rps = "-" if r["rps_ratio"] is None else f"{r['rps_ratio']:.2f}x"
+            cpu = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}x"
+            out.append(
+                f"| {r['app']} | {r['workers']} | {r['server']} / {r['peer']} | {rps} | {cpu} |"
+            )
+    return out
+
+
+def git_revision() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

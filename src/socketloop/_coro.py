@@ -24,6 +24,7 @@ from typing import Any
 from greenlet import getcurrent, greenlet
 
 from ._loop import Loop
+from ._scheduler import Scheduler
 from ._threads import NORMAL, Thread
 
 __all__ = ["CoroLoop"]
@@ -36,8 +37,7 @@ class CoroLoop(Loop):
 
     def __init__(self, *, poller: str | None = None) -> None:
         super().__init__(poller=poller)
-        #: The current loop thread; None means the OS thread's root greenlet.
-        self._loop_thread = None
+        self._loop_thread = None  # (declared by the scheduler)
 
     def _loop_target(self) -> greenlet:
         target = self._loop_thread
@@ -52,8 +52,9 @@ class CoroLoop(Loop):
     # cannot go stale: the binding only changes inside resume()/newthread()
     # calls the thread itself makes, which restore it before returning.
 
-    # ``_resume_into`` is the kernel's: it makes the caller the loop thread
-    # while the resumed thread runs (``_loop_thread``, declared there).
+    # Every resume's path, so the symmetric version is a whole method of the
+    # kernel's (state writes stay there), bound here without a wrapper frame.
+    _resume_into = Scheduler._resume_into_symmetric
 
     def _step(self, timeout: float | None) -> bool:
         saved = self._loop_thread

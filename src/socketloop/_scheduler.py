@@ -187,8 +187,8 @@ class Scheduler(IdlePool):
     #: True for the symmetric-coroutine loop (``socketloop.coro``).
     symmetric = False
     #: The symmetric model's current loop thread (None: the OS thread's root
-    #: greenlet); ``_resume_into`` keeps it, so that ``_coro`` needs no
-    #: second frame on the resume path.  Unused by the asymmetric model.
+    #: greenlet), kept by ``_resume_into_symmetric``.  Unused by the
+    #: asymmetric model.
     _loop_thread: greenlet | None = None
 
     def __init__(self) -> None:
@@ -410,15 +410,41 @@ class Scheduler(IdlePool):
     def _resume_into(self, thread: Thread[Any], arg: Any) -> Any:
         """Switch into ``thread`` from the caller, which waits (NORMAL) until control is back.
 
-        Returns what the thread's next switch out passes (the symmetric
-        model's ``transfer`` value; None in the asymmetric model).
+        Returns None.  The symmetric model (``_coro``) uses
+        ``_resume_into_symmetric`` in its place.
         """
         current = getcurrent()
         caller = current if isinstance(current, Thread) else None
-        symmetric = self.symmetric
+        thread._resumer = current
+        thread._state = RUNNING
+        self._budget = FAIRNESS_BUDGET
+        if caller is not None:
+            caller._state = NORMAL
+        try:
+            thread.switch(arg)
+            if thread._state == RUNNING:
+                self._foreign_switch(thread)
+        finally:
+            if caller is not None and caller._state == NORMAL:
+                caller._state = RUNNING
+        if caller is not None:
+            self._deliver_pending_kill(caller)
+        return None
+
+    def _resume_into_symmetric(self, thread: Thread[Any], arg: Any) -> Any:
+        """``_resume_into`` of the symmetric model: the caller is the loop thread
+        while ``thread`` runs; returns what the thread's next switch out passes
+        (a ``transfer`` back).
+
+        A method of its own rather than flags in ``_resume_into``: each model
+        pays only for its own bookkeeping on every resume.  No foreign-switch
+        check: here a thread switching straight to another (``transfer``) is
+        the normal case.
+        """
+        current = getcurrent()
+        caller = current if isinstance(current, Thread) else None
         saved = self._loop_thread
-        if symmetric:  # the caller is the loop thread while the resumed thread runs
-            self._loop_thread = current
+        self._loop_thread = current
         thread._resumer = current
         thread._state = RUNNING
         self._budget = FAIRNESS_BUDGET
@@ -426,16 +452,13 @@ class Scheduler(IdlePool):
             caller._state = NORMAL
         try:
             value = thread.switch(arg)
-            if thread._state == RUNNING and not symmetric:
-                self._foreign_switch(thread)
         finally:
-            if symmetric:
-                self._loop_thread = saved
+            self._loop_thread = saved
             if caller is not None and caller._state == NORMAL:
                 caller._state = RUNNING
         if caller is not None:
             self._deliver_pending_kill(caller)
-        return value if symmetric else None
+        return value
 
     def _transfer(self, thread: Thread[Any], arg: Any, resumer: greenlet) -> Any:
         """Switch straight from the caller into ``thread``, which will return to ``resumer``.
