@@ -21,6 +21,16 @@ nanoseconds per operation.
 
 usage: python benchmarks/micro.py [--quick] [--repeat N] [--out DIR]
 Writes DIR/micro.md and DIR/micro.json (default benchmarks/results/).
+
+Two revisions side by side::
+
+    python benchmarks/micro.py --baseline-python PY [--rounds 5] [--quick]
+
+runs the loop benchmarks (not the hosted ones, which older revisions lack)
+in alternating child processes, this interpreter's socketloop and ``PY``'s
+(for instance a venv made by ``run.py --baseline-rev REV`` under
+``.bench-baselines/``), and prints per row the median over rounds of each
+side's minimum and the median of the per-round ratios.  Nothing is written.
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -274,7 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 short repetitions")
     p.add_argument("--repeat", type=int, default=None, help="repetitions (default 9)")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--core-only", action="store_true", help="leave out the hosted rows")
+    p.add_argument(
+        "--baseline-python", help="compare with this interpreter's socketloop (see above)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds with --baseline-python"
+    )
     args = p.parse_args(argv)
+    if args.baseline_python:
+        return compare(args)
     repeat = args.repeat or (3 if args.quick else 9)
     target = 0.02 if args.quick else 0.1
 
@@ -296,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"bench": name, "loop": loop_name, **measure(fn, repeat, target)})
             print(f"{name:38} {loop_name:16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
 
-    for host_name, run in hosts().items():
+    for host_name, run in ({} if args.core_only else hosts()).items():
         for name, fn in make_hosted_benches(run).items():
             rows.append({"bench": name, "loop": host_name, **measure(fn, repeat, target)})
             print(f"{name:38} {host_name:16} {rows[-1]['min_ns']:9.0f} ns", flush=True)
@@ -329,6 +351,46 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "micro.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print("\n".join(lines))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Alternate child runs of both interpreters; print medians and per-round ratios."""
+    sides = {"this tree": sys.executable, "baseline": args.baseline_python}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    results: dict[str, list[dict[tuple[str, str], float]]] = {side: [] for side in sides}
+    extra = ["--quick"] if args.quick else []
+    if args.repeat:
+        extra += ["--repeat", str(args.repeat)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            # Alternate which side goes first, so drift favours neither.
+            order = list(sides.items()) if rnd % 2 == 0 else list(sides.items())[::-1]
+            for side, python in order:
+                out = os.path.join(tmp, f"{side}-{rnd}")
+                subprocess.run(
+                    [python, __file__, "--core-only", "--out", out, *extra],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+                with open(os.path.join(out, "micro.json")) as f:
+                    rows = json.load(f)["rows"]
+                results[side].append({(r["bench"], r["loop"]): r["min_ns"] for r in rows})
+            print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    keys = [k for k in results["this tree"][0] if k in results["baseline"][0]]
+    print(f"this tree: {sys.executable}; baseline: {args.baseline_python}; {args.rounds} rounds")
+    print()
+    print("| operation | loop | this tree ns/op | baseline ns/op | ratio (median of rounds) |")
+    print("|---|---|---:|---:|---:|")
+    for key in keys:
+        mine = [r[key] for r in results["this tree"]]
+        theirs = [r[key] for r in results["baseline"]]
+        ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+        print(
+            f"| {key[0]} | {key[1]} | {statistics.median(mine):,.0f} | "
+            f"{statistics.median(theirs):,.0f} | {statistics.median(ratios):.3f} |"
+        )
     return 0
 
 

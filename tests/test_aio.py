@@ -1016,8 +1016,15 @@ def test_an_asyncio_server_and_a_socketloop_server_in_one_process_share_the_load
     by_asyncio, by_socketloop = hosting.run(body)
     total = by_asyncio + by_socketloop
     assert total > 0
-    assert by_asyncio >= total / 3, (by_asyncio, by_socketloop)
-    assert by_socketloop >= total / 3, (by_asyncio, by_socketloop)
+    # Both served, neither starved.  Equal turns do not mean equal requests
+    # here: an asyncio streams echo needs two host iterations per request
+    # (the read callback, then the task's step) and the socketloop echo one
+    # step, so a closed-loop client of the asyncio side gets about half the
+    # round trips: its share of all requests measures 26-54 % on these
+    # machines, around a third.  A starved side gets next to nothing; a
+    # tenth tells the two apart without flipping on a busy machine.
+    assert by_asyncio >= total / 10, (by_asyncio, by_socketloop)
+    assert by_socketloop >= total / 10, (by_asyncio, by_socketloop)
 
 
 # ------------------------------------------------------------------ README

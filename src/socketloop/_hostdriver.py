@@ -27,7 +27,7 @@ How the host drives the loop
   one more step with ``call_soon``, so the host's handles run in between.
 - **Work added from asyncio code** (``spawn`` in a coroutine, ``Event.set()``
   in a callback, ``kill(block=False)``...) kicks the driver through the
-  kernel's ``_host_kick`` hook (``_claim``/``_schedule``): one ``call_soon``
+  kernel's hosted ``_claim``/``_schedule`` variants (``kick``): one ``call_soon``
   step, deduplicated.
 - **One host timer** (``call_later``) for the earliest socketloop deadline,
   re-armed after each step only when the earliest deadline moved earlier (an

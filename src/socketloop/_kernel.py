@@ -752,8 +752,9 @@ class Kernel(Lifecycle):
     # What the host driver (``_hostdriver``: the kernel run by an asyncio or
     # uvloop event loop, see ``_driver``) uses beyond ``_poller.fileno()``,
     # ``_next_timeout`` and the wait protocol (``_block``/``_wake``).  Nothing
-    # else in the kernel knows about hosting except the ``_host_kick`` checks
-    # in ``_claim``/``_schedule``, ``host_guard`` and ``_refuse_if_hosted``.
+    # else in the kernel knows about hosting except the hosted variants of
+    # ``_claim``/``_schedule`` (``_claim_hosted``/``_schedule_hosted``, put
+    # in place by ``_host_attach``), ``host_guard`` and ``_refuse_if_hosted``.
 
     def _refuse_if_hosted(self, what: str) -> None:
         if self._host is not None:
@@ -775,8 +776,15 @@ class Kernel(Lifecycle):
             raise RuntimeError("a running loop cannot be hosted; start() drives it already")
         self._host = driver
         self._host_kick = kick
+        # The kicking variants shadow the class's methods (see _scheduler).
+        attributes = vars(self)
+        attributes["_claim"] = self._claim_hosted
+        attributes["_schedule"] = self._schedule_hosted
 
     def _host_detach(self) -> None:
+        attributes = vars(self)
+        attributes.pop("_claim", None)
+        attributes.pop("_schedule", None)
         self._host = None
         self._host_kick = None
 
