@@ -385,9 +385,7 @@ def wsgi_section(doc: dict[str, Any]) -> list[str]:
         if value is None:
             cell = "-"
         else:
-            met = value <= bound if figure == "cpu_ratio" else value >= bound
-            if text.startswith(">"):
-                met = value > bound
+            met = {"≥": value >= bound, "≤": value <= bound, ">": value > bound}[text[0]]
             cell = f"{value:.2f}x {'met' if met else '**not met**'}"
         lines.append(f"| {server} vs {peer}: {what} | {text} | {cell} |")
     out += lines

@@ -24,8 +24,8 @@ header block and the body separately with Nagle's algorithm on, so every
 keep-alive request after the first waits ~40 ms for the client's delayed
 ACK; the nodelay row is the fair peer for CPU and rate comparisons.
 
-Standard library only (the servers are child processes).  A server whose
-package is missing is skipped with a note.
+Standard library only, plus ``report.py`` beside it (the servers are child
+processes).  A server whose package is missing is skipped with a note.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+import report  # benchmarks/report.py, beside this script (the README's renderer)
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -376,30 +379,22 @@ def main() -> int:
                 backend.wait(30)
     rows = [summarize(cell, cell_runs) for cell, cell_runs in runs.items()]
     ratios = same_run_ratios(runs)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "revision": git_revision(),
+        "python": sys.version.split()[0],
+        "command": "python benchmarks/wsgi_bench.py " + " ".join(sys.argv[1:]),
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "connections": args.connections,
+    }
+    document = {"meta": meta, "rows": rows, "ratios": ratios, "runs": list(runs.values())}
     print()
-    print("\n".join(render_table(rows, ratios)))
+    print("\n".join(report.wsgi_section(document)))  # the tables the README shows
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "revision": git_revision(),
-            "python": sys.version.split()[0],
-            "command": "python benchmarks/wsgi_bench.py " + " ".join(sys.argv[1:]),
-            "rounds": args.rounds,
-            "duration": args.duration,
-            "connections": args.connections,
-        }
-        document = {"meta": meta, "rows": rows, "ratios": ratios, "runs": list(runs.values())}
         args.out.write_text(json.dumps(document, indent=2) + "\n")
     return 0
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def summarize(cell: tuple[str, int, str], cell_runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -409,8 +404,8 @@ def summarize(cell: tuple[str, int, str], cell_runs: list[dict[str, Any]]) -> di
         "server": name,
         "app": app,
         "workers": workers,
-        "rps": round(_median([r["rps"] for r in cell_runs]), 1),
-        "cpu_ms_per_1k": round(_median([r["cpu_ms_per_1k"] for r in cell_runs]), 1),
+        "rps": round(statistics.median([r["rps"] for r in cell_runs]), 1),
+        "cpu_ms_per_1k": round(statistics.median([r["cpu_ms_per_1k"] for r in cell_runs]), 1),
         "errors": sum(r["non_2xx"] for r in cell_runs)
         + sum(1 for r in cell_runs if r["socket_errors"]),
         "rounds": len(cell_runs),
@@ -448,36 +443,10 @@ def same_run_ratios(runs: dict[tuple[str, int, str], list[dict[str, Any]]]) -> l
                     "workers": workers,
                     "server": server,
                     "peer": peer,
-                    "rps_ratio": round(_median(rps), 2) if rps else None,
-                    "cpu_ratio": round(_median(cpu), 2) if cpu else None,
+                    "rps_ratio": round(statistics.median(rps), 2) if rps else None,
+                    "cpu_ratio": round(statistics.median(cpu), 2) if cpu else None,
                     "rounds": len(both),
                 }
-            )
-    return out
-
-
-def render_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[str]:
-    """The rows and the ratios as Markdown tables."""
-    out = [
-        "| app | workers | server | req/s | server CPU ms per 1,000 requests | errors |",
-        "|---|---:|---|---:|---:|---:|",
-    ]
-    for row in rows:
-        out.append(
-            f"| {row['app']} | {row['workers']} | {row['server']} | {row['rps']:,.0f} | "
-            f"{row['cpu_ms_per_1k']:.1f} | {row['errors']} |"
-        )
-    if ratios:
-        out += [
-            "",
-            "| app | workers | server / peer | req/s ratio | CPU per request ratio |",
-            "|---|---:|---|---:|---:|",
-        ]
-        for r in ratios:
-            rps = "-" if r["rps_ratio"] is None else f"{r['rps_ratio']:.2f}x"
-            cpu = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}x"
-            out.append(
-                f"| {r['app']} | {r['workers']} | {r['server']} / {r['peer']} | {rps} | {cpu} |"
             )
     return out
 
