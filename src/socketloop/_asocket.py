@@ -606,7 +606,7 @@ class AsyncSocket(SocketCalls):
                         # The loop's tables belong to its OS thread, and closing
                         # the fd here could let a new socket reuse its number
                         # before the loop drops the old registration.
-                        loop.call_soon_threadsafe(self._close_in_loop)
+                        loop._release_threadsafe(self._close_in_loop)
                         return
                     loop._closing(self, fd)
             else:
@@ -621,10 +621,6 @@ class AsyncSocket(SocketCalls):
             if loop is not None and not loop._closed:
                 loop._closing(self, fd)
         self.socket.close()
-
-    # Loop.close() runs such pending calls instead of dropping them: the fd
-    # must not outlive the loop that was to release it.
-    _close_in_loop.runs_at_loop_close = True  # type: ignore[attr-defined]
 
     def _loops(self) -> list[Loop]:
         """The loops that may hold waiters or a registration for this socket."""
@@ -666,45 +662,7 @@ class AsyncSocket(SocketCalls):
         if self._closed:
             self.close()
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
-
-    def __enter__(self: S) -> S:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    # --------------------------------------------------------------- files
-
-    def makefile(
-        self,
-        mode: str = "r",
-        buffering: int | None = None,
-        *,
-        encoding: str | None = None,
-        errors: str | None = None,
-        newline: str | None = None,
-    ) -> Any:
-        """A file object over the socket (modes ``r``, ``w``, ``b`` combined).
-
-        Reads and writes suspend only the calling loop thread.  The socket's
-        timeout is a deadline for each file operation as a whole: a
-        ``readline()`` fed one byte at a time cannot outlast it.  The socket's
-        fd stays open until both the socket and every such file are closed.
-        """
-        from ._files import make_file
-
-        return make_file(self, mode, buffering, encoding, errors, newline)
-
     # No __getattr__ forwarding on purpose: a class with __getattr__ routes
     # every attribute access through a slower lookup and defeats CPython's
     # attribute specialisation, which the hot path depends on.  The whole
     # socket.socket API is spelled out, here and in ``SocketCalls``.
-
-    def __repr__(self) -> str:
-        text = repr(self.socket)
-        prefix = "<socket.socket"
-        if text.startswith(prefix):
-            return "<socketloop.AsyncSocket" + text[len(prefix) :]
-        return f"<socketloop.AsyncSocket {text}>"

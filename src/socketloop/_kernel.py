@@ -15,11 +15,22 @@ pools, TLS, timeout scopes, signals other than Ctrl-C, introspection
 reports.  Those are layers above (``_loop`` is the façade that assembles
 them) and reach the kernel only through the service surface below.  The
 kernel imports nothing above ``_threads``, ``_timers``, ``_idle``,
-``_wakeup``, ``_driver``, ``_forking`` and ``_signals``.  Its cold ends
-(``close()``, releasing an unclosed kernel, the reset in a forked child, the
-close and fork hooks) live in the base class ``_lifecycle.Lifecycle``, so the
-class that holds the dispatcher stays small; the MRO is one chain:
-``Kernel`` → ``Lifecycle`` → ``Scheduler`` → ``IdlePool``.
+``_wakeup``, ``_driver``, ``_forking`` and ``_signals``.  So that the class
+holding the dispatcher stays small, each colder responsibility is a base
+class of its own, in its own module; the MRO is one chain, and at run time
+they are one object (the hot path finds every table and counter on it):
+
+- ``_registry.FdRegistry``: registering fds with the driver, moving them
+  between loops, the closing protocol, describing a wait;
+- ``_lifecycle.Lifecycle``: ``close()``, releasing an unclosed kernel, the
+  reset in a forked child, the close and fork hooks;
+- ``_control.ThreadControl``: join, kill, the deadlock breaker;
+- ``_scheduler.Scheduler``: thread states, the ready queue, the wait
+  protocol, timers and callbacks;
+- ``_idle.IdlePool``: greenlets of ended threads kept for reuse.
+
+``Kernel`` → ``FdRegistry`` → ``Lifecycle`` → ``ThreadControl`` →
+``Scheduler`` → ``IdlePool``.
 
 Service surface (for the layers above; underscored only because ``Loop``
 inherits it and users must not call it)
@@ -55,10 +66,13 @@ File descriptors (the hot path of ``AsyncSocket``):
 
 - ``_wait_fd(thread, sock, fd, writing, deadline)`` returns the driver's
   event mask; ``_wait_fds(...)`` for cooperative ``select``/``poll``.
-- ``_closing(sock, fd, closing=True)``: "this fd is closing (or detached)":
-  its waiters fail with ``OSError(EBADF)``, events already fetched for it are
-  dropped.  ``_wake_reader(sock, fd)`` after ``shutdown``;
-  ``_has_waiter(fd)``.
+- ``_closing(sock, fd, closing=True)``: "this fd is closing (or
+  detached)": its waiters fail with ``OSError(EBADF)``, events already
+  fetched for it are dropped.  From another OS thread,
+  ``_release_threadsafe(fn)`` hands the close to the loop's OS thread;
+  unlike ``call_soon_threadsafe`` it still runs if the loop closes (or a
+  forked child resets it) first.  ``_wake_reader(sock, fd)`` after
+  ``shutdown``; ``_has_waiter(fd)``.
 - Counters read (and, for ``_budget``, decremented) inline by the socket
   layer, all on this one object: ``_turn`` (polls so far), ``_budget`` (then
   ``_yield_for_fairness()`` at zero), ``_HANGUP``, ``_closed``.
@@ -95,7 +109,6 @@ began (anything made ready while running waits for the next step, so a
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import threading
 import time
@@ -108,12 +121,12 @@ from greenlet import getcurrent, greenlet
 from . import _signals
 from ._driver import Driver, make_driver
 from ._errors import BusyResourceError, closed_error, require_callable
-from ._lifecycle import Hook, Lifecycle
+from ._lifecycle import Hook
+from ._registry import CLOSED, FdRegistry
 from ._scheduler import (
     FAIRNESS_BUDGET,
     TIMED_OUT,
     _live_loops,
-    _Sentinel,
     is_dispatching,
     loops_of_this_os_thread,
     open_loops,
@@ -154,11 +167,7 @@ R = TypeVar("R")
 MAX_POLL_TIMEOUT = 24 * 3600.0
 
 
-# What a waiter on an fd is woken with when the fd is closed under it.
-_CLOSED: Any = _Sentinel("CLOSED")
-
-
-class Kernel(Lifecycle):
+class Kernel(FdRegistry):
     """The scheduler and dispatcher behind ``Loop``; see the module charter.
 
     Bound to the OS thread that first runs or creates threads in it; using it
@@ -282,7 +291,7 @@ class Kernel(Lifecycle):
                 return value
         if value is TIMED_OUT:
             raise TimeoutError("timed out")
-        if value is _CLOSED:
+        if value is CLOSED:
             raise closed_error()
         return 0
 
@@ -340,162 +349,6 @@ class Kernel(Lifecycle):
                 for fd in {*reads, *writes}:
                     self._set_interest_quietly(fd)
         return value is not TIMED_OUT
-
-    def _set_interest_quietly(self, fd: int) -> None:
-        try:
-            self._poller.set_interest(fd, fd in self._readers, fd in self._writers)
-        except OSError:
-            pass  # fd already closed: the registration is gone anyway
-
-    def _resolve_conflict(
-        self,
-        table: dict[int, Thread[Any]],
-        fd: int,
-        other: Thread[Any],
-        sock: AsyncSocket,
-        writing: bool,
-    ) -> None:
-        if other._state != WAITING:
-            # Interrupted (killed, timed out) but not yet unwound: it is
-            # leaving this slot, and its own clean-up will find it taken.
-            del table[fd]
-            return
-        other_sock: Any = other._waiting_on
-        if other_sock is sock or getattr(other_sock, "socket", None) is sock.socket:
-            direction = "writing to" if writing else "reading from"
-            raise BusyResourceError(
-                f"another thread ({other.name}) is already {direction} {sock!r}"
-            )
-        # The fd number belongs to a new socket now: the old one was closed
-        # behind the loop's back.  Its waiter can never be woken by readiness
-        # again, so fail it the way a close() would have.
-        del table[fd]
-        if other._state == WAITING:
-            self._schedule(other, _CLOSED)
-        if other_sock is not None and getattr(other_sock, "_poller", None) is self._poller:
-            other_sock._poller = None
-
-    def _register(self, sock: AsyncSocket, fd: int) -> None:
-        previous = sock._poller
-        if previous is not None:
-            # Registered with another loop's poller: move it here (refused while
-            # a thread of that loop waits on it).  A poller of this loop from
-            # before a fork needs nothing: it is gone.
-            other: Kernel = previous.owner
-            if other is not self and not other._closed:
-                other._unregister_socket(sock, fd)
-        self._poller.register(fd)
-        sock._poller = self._poller
-
-    def _register_exclusive(self, sock: AsyncSocket) -> None:
-        """Register a listener's fd for exclusive wake-ups before its first wait.
-
-        With the epoll driver, one process of several sharing the listener
-        is woken per connection (``EPOLLEXCLUSIVE``, which cannot be added
-        to an existing registration: hence before the lazy one).  Other
-        drivers, a closed socket or one registered already: nothing.
-        """
-        register = getattr(self._poller, "register_exclusive", None)
-        fd = sock.fileno()
-        if register is None or fd < 0 or sock._poller is self._poller:
-            return
-        register(fd)
-        sock._poller = self._poller
-
-    @staticmethod
-    def _drop_registration(sock: AsyncSocket) -> None:
-        """Remove ``sock``'s registration now instead of at the fd's last close.
-
-        For an fd other processes keep open (an inherited listener): epoll
-        keeps a registration while the file is open anywhere.
-        """
-        poller = sock._poller
-        fd = sock.fileno()
-        if poller is not None and fd >= 0:
-            try:
-                poller.unregister(fd)
-            except OSError:
-                pass
-
-    def _unregister_socket(self, sock: AsyncSocket, fd: int) -> None:
-        if self._readers.get(fd) is not None or self._writers.get(fd) is not None:
-            waiter = self._readers.get(fd) or self._writers.get(fd)
-            if waiter is not None and waiter._waiting_on is sock:
-                raise BusyResourceError(
-                    f"{sock!r} is in use by a thread of another loop ({waiter.name})"
-                )
-        try:
-            self._poller.unregister(fd)
-        except OSError:
-            pass
-        sock._poller = None
-
-    def _closing(self, sock: AsyncSocket, fd: int, closing: bool = True) -> None:
-        """``sock`` is being closed (or detached): fail its waiters, drop its registration.
-
-        Waiters get ``OSError(EBADF)`` at the next dispatch; events for ``fd``
-        already fetched in the current dispatch are discarded, so a new
-        socket that reuses the number never sees them.  When the fd is about
-        to be closed, epoll needs no ``EPOLL_CTL_DEL``: closing the last
-        descriptor of the file removes the registration in the kernel (one
-        system call less per connection).  If a ``dup`` keeps the file open,
-        the registration lives on until that closes too; its events can then
-        reach a new socket with the same fd number only as a spurious wake-up,
-        which every wait tolerates (the thread retries its call).
-        """
-        readers = self._readers
-        waiter = readers.get(fd)
-        if waiter is not None and waiter._waiting_on is sock:
-            del readers[fd]
-            if waiter._state == WAITING:
-                self._schedule(waiter, _CLOSED)
-        writers = self._writers
-        waiter = writers.get(fd)
-        if waiter is not None and waiter._waiting_on is sock:
-            del writers[fd]
-            if waiter._state == WAITING:
-                self._schedule(waiter, _CLOSED)
-        if sock._poller is self._poller:
-            sock._poller = None
-            if not (closing and self._edge):
-                try:
-                    self._poller.unregister(fd)
-                except OSError:
-                    pass
-        if self._dispatching:
-            self._closed_fds.add(fd)
-
-    def _wake_reader(self, sock: AsyncSocket, fd: int) -> None:
-        """Make the thread reading ``sock`` retry its call (after shutdown(SHUT_RD))."""
-        waiter = self._readers.get(fd)
-        if waiter is not None and waiter._waiting_on is sock and waiter._state == WAITING:
-            del self._readers[fd]
-            self._schedule(waiter)
-
-    def _has_waiter(self, fd: int) -> bool:
-        """Whether a thread of this loop waits on ``fd`` (either direction)."""
-        return fd in self._readers or fd in self._writers
-
-    def _describe_wait(self, thread: Thread[Any]) -> str:
-        """What a WAITING ``thread`` waits on, in words (for repr and ``dump()``)."""
-        target = thread._waiting_on
-        if isinstance(target, TimerHandle):
-            return f"sleep (due in {target.deadline - time.monotonic():.3f}s)"
-        if isinstance(target, Thread):
-            return f"join of {target.name!r}"
-        if isinstance(target, concurrent.futures.Future):
-            return "a call in an OS thread"
-        if isinstance(target, str):
-            return target
-        fileno = getattr(target, "fileno", None)
-        if callable(fileno):
-            for fd, waiter in self._readers.items():
-                if waiter is thread:
-                    return f"fd {fd} (read)"
-            for fd, waiter in self._writers.items():
-                if waiter is thread:
-                    return f"fd {fd} (write)"
-        return repr(target)
 
     # ---------------------------------------------------------------- running
 

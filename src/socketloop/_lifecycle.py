@@ -2,9 +2,10 @@
 
 Charter
 -------
-``Lifecycle`` is the base class of ``_kernel.Kernel`` (and a subclass of
-``_scheduler.Scheduler``): the cold ends of a kernel's life, kept out of the
-class that holds the dispatcher.  ``close()`` kills the remaining threads
+``Lifecycle`` is a base class of ``_kernel.Kernel`` (through
+``_registry.FdRegistry``; it subclasses ``_control.ThreadControl``): the
+cold ends of a kernel's life, kept out of the class that holds the
+dispatcher.  ``close()`` kills the remaining threads
 (their ``finally`` blocks run), runs the close hooks and releases the driver
 and the wake-up fd; ``__del__`` releases an unclosed kernel (with a
 ``ResourceWarning`` unless it was made implicitly); in a forked child every
@@ -29,9 +30,10 @@ from typing import Any
 from greenlet import getcurrent
 
 from . import _forking
+from ._control import ThreadControl
 from ._driver import Driver, make_driver
 from ._errors import ThreadExit
-from ._scheduler import Scheduler, _live_loops
+from ._scheduler import _live_loops
 from ._threads import DEAD, Thread
 from ._wakeup import Wakeup
 
@@ -51,7 +53,7 @@ def _reset_all_after_fork() -> None:
 _forking.at_fork_in_child(_reset_all_after_fork)
 
 
-class Lifecycle(Scheduler):
+class Lifecycle(ThreadControl):
     """Close, release and fork reset; the base of ``Kernel`` (see the module charter)."""
 
     #: Default loops are made implicitly by get_loop(); not closing them is
@@ -75,6 +77,9 @@ class Lifecycle(Scheduler):
         raise NotImplementedError
 
     def _refuse_if_hosted(self, what: str) -> None:
+        raise NotImplementedError
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
         raise NotImplementedError
 
     def __del__(self) -> None:
@@ -149,12 +154,22 @@ class Lifecycle(Scheduler):
         self._wakeup.close()
         self._poller.close()
 
+    def _release_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """``call_soon_threadsafe(fn, *args)`` for releasing a resource (an fd).
+
+        Such a call still pending when the loop closes, or when a forked
+        child resets it, runs then instead of being dropped: what it
+        releases must not outlive the loop that was to release it.
+        """
+        self.call_soon_threadsafe(self._run_release, fn, args)
+
+    def _run_release(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        fn(*args)
+
     def _run_calls_due_at_close(self) -> None:
-        # Cross-thread calls marked ``runs_at_loop_close`` (a socket closed
-        # from another OS thread) run instead of being dropped: the fd must
-        # not outlive the loop that was to release it.
+        release = self._run_release
         for fn, args in list(self._threadsafe):
-            if getattr(fn, "runs_at_loop_close", False):
+            if fn == release:  # bound methods compare by instance and function
                 self._call_user(fn, args)
 
     def _reset_after_fork(self) -> None:

@@ -1,13 +1,14 @@
-"""The part of ``AsyncSocket``'s API off the hot path: connect, datagrams, sendfile, options.
+"""The part of ``AsyncSocket``'s API off the hot path: connect, datagrams, sendfile, files.
 
 Charter: ``SocketCalls`` is the base class of ``_asocket.AsyncSocket`` and
 holds the ``socket.socket`` methods that are not the request/response hot
 path: connecting (with name resolution off the loop), datagram and
-ancillary-data calls, ``sendfile``, timeouts, and plain delegation to the
-wrapped socket.  It waits only through ``AsyncSocket``'s own ``_wait`` /
-``_read_op`` / ``_write_op`` (the one place that talks to the kernel) and
-keeps no state of its own (``__slots__ = ()``).  It must not import
-``_asocket`` or anything above it.
+ancillary-data calls, ``sendfile``, reading the timeout, ``makefile``, the
+context manager and ``repr``, and plain delegation to the wrapped socket.  It
+waits only through ``AsyncSocket``'s own ``_wait`` / ``_read_op`` /
+``_write_op`` (the one place that talks to the kernel) and keeps no state of
+its own (``__slots__ = ()``).  It must not import ``_asocket`` or anything
+above it.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ import socket as _socket
 import ssl
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from greenlet import getcurrent
 
 from . import _originals
 from ._address import format_address, is_numeric_host
 from ._errors import closed_error
+from ._files import make_file
 from ._threads import Thread
 
 if TYPE_CHECKING:
+    from ._asocket import AsyncSocket
     from ._loop import Loop
 
 __all__ = ["SocketCalls"]
 
 R = TypeVar("R")
+S = TypeVar("S", bound="SocketCalls")
 
 _UNSET: Any = object()
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK})
@@ -98,6 +102,9 @@ class SocketCalls:
         raise NotImplementedError
 
     def send(self, data: Any, flags: int = 0, /) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
         raise NotImplementedError
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
@@ -400,3 +407,39 @@ class SocketCalls:
     def sendmsg_afalg(self, *args: Any, **kwargs: Any) -> int:
         """``socket.sendmsg_afalg`` (Linux AF_ALG sockets), cooperative."""
         return self._write_op(self.socket.sendmsg_afalg, *args, **kwargs)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- files
+
+    def makefile(
+        self,
+        mode: str = "r",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object over the socket (modes ``r``, ``w``, ``b`` combined).
+
+        Reads and writes suspend only the calling loop thread.  The socket's
+        timeout is a deadline for each file operation as a whole: a
+        ``readline()`` fed one byte at a time cannot outlast it.  The socket's
+        fd stays open until both the socket and every such file are closed.
+        """
+        return make_file(cast("AsyncSocket", self), mode, buffering, encoding, errors, newline)
+
+    def __repr__(self) -> str:
+        text = repr(self.socket)
+        prefix = "<socket.socket"
+        if text.startswith(prefix):
+            return "<socketloop.AsyncSocket" + text[len(prefix) :]
+        return f"<socketloop.AsyncSocket {text}>"
