@@ -391,14 +391,16 @@ def wsgi_section(doc: dict[str, Any]) -> list[str]:
     out += lines
     out += [
         "",
-        "| app | workers | server | req/s | server CPU ms per 1,000 requests |",
-        "|---|---:|---|---:|---:|",
+        "| app | workers | server | req/s | server CPU ms per 1,000 requests "
+        "| CPU split over its processes |",
+        "|---|---:|---|---:|---:|---|",
     ]
     for row in doc["rows"]:
         errors = f" ({row['errors']} errors)" if row.get("errors") else ""
+        split = "/".join(f"{share}" for share in row.get("cpu_split") or []) or "-"
         out.append(
             f"| {row['app']} | {row['workers']} | {row['server']}{errors} | {row['rps']:,.0f} | "
-            f"{row['cpu_ms_per_1k']:.1f} |"
+            f"{row['cpu_ms_per_1k']:.1f} | {split} % |"
         )
     out += [
         "",

@@ -15,8 +15,10 @@ matters: socketloop servers call ``socketloop.patch()``, gevent ones
 ``gevent.monkey.patch_all()``, gthread uses OS threads).  The figures are
 requests per second and the server's CPU milliseconds per 1,000 requests
 (user + system time of the server's processes over wrk's run, from
-/proc/PID/stat).  With ``--workers 2`` the server gets CPUs 0 and 1, which
-wrk shares: only CPU per request can be compared then, not the rate.
+/proc/PID/stat), and how that CPU time was split over the server's
+processes (with 2 workers: the balance between them).  With ``--workers
+2`` the server gets CPUs 0 and 1, which wrk shares: only CPU per request
+can be compared then, not the rate.
 
 ``gevent.pywsgi`` runs twice: as shipped, and as ``gevent.pywsgi-nodelay``
 with ``TCP_NODELAY`` set on each connection.  As shipped it writes the
@@ -219,15 +221,29 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live process of ``pids``."""
+    seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return seconds
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float]) -> list[int]:
+    """Each process's share of the CPU used between the two readings, in %, largest first.
+
+    With several workers this is how the load was spread over them (the
+    supervisor or arbiter shows up as a share near 0).
+    """
+    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    total = sum(used.values())
+    if total <= 0:
+        return []
+    return sorted((round(100 * value / total) for value in used.values()), reverse=True)
 
 
 def run_wrk(wrk: str, port: int, connections: int, seconds: float) -> dict[str, Any]:
@@ -280,9 +296,10 @@ def measure(
             return None
         run_wrk(wrk, port, args.connections, min(1.0, args.duration))  # warm-up
         pids = process_tree(proc.pid)
-        cpu0 = cpu_seconds(pids)
+        before = cpu_by_process(pids)
         result = run_wrk(wrk, port, args.connections, args.duration)
-        cpu = cpu_seconds(pids) - cpu0
+        after = cpu_by_process(pids)
+        cpu = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -296,6 +313,7 @@ def measure(
         app=app,
         workers=workers,
         cpu_ms_per_1k=round(cpu * 1e6 / requests, 1),
+        cpu_split=cpu_split(before, after),
         stderr_tail=stderr.decode(errors="replace")[-500:] if stderr else "",
     )
     return result
@@ -370,6 +388,7 @@ def main() -> int:
                     print(
                         f"  r{rnd} {name:22} {app:8} w={workers}: {row['rps']:9.0f} req/s  "
                         f"{row['cpu_ms_per_1k']:7.1f} CPU ms/1k req  "
+                        f"CPU split {'/'.join(map(str, row['cpu_split']))} %  "
                         f"errors: {row['non_2xx']} {row['socket_errors']}",
                         flush=True,
                     )
@@ -400,7 +419,10 @@ def main() -> int:
 def summarize(cell: tuple[str, int, str], cell_runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds of one (app, workers, server) row."""
     app, workers, name = cell
+    # The spread of the round whose CPU per request is the median one.
+    middle = sorted(cell_runs, key=lambda r: r["cpu_ms_per_1k"])[len(cell_runs) // 2]
     return {
+        "cpu_split": middle.get("cpu_split", []),
         "server": name,
         "app": app,
         "workers": workers,

@@ -60,6 +60,10 @@ APP = textwrap.dedent(
             state["inside"] -= 1
         return {"body": body}
 
+    @app.get("/scheme")
+    def scheme():
+        return {"scheme": flask.request.scheme}
+
     @app.get("/peak")
     def peak():
         return {"peak": state["peak"]}
@@ -375,8 +379,74 @@ def test_tls_from_gunicorn_settings(
     assert response.json()["pid"] > 0
 
 
+HOOKS = textwrap.dedent(
+    """
+    import os
+
+    def pre_request(worker, req):
+        req.seen_by_pre = f"{req.method} {req.path} {req.query} {req.version}"
+        with open(os.environ["HOOK_LOG"], "a") as log:
+            log.write(f"pre {req.seen_by_pre} {dict(req.headers).get('X-TEST')}\\n")
+
+    def post_request(worker, req, environ, resp):
+        with open(os.environ["HOOK_LOG"], "a") as log:
+            log.write(f"post {req.seen_by_pre} {resp.status_code} {environ['PATH_INFO']}\\n")
+    """
+)
+
+
+def test_pre_and_post_request_hooks_run_around_each_request(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook_log = tmp_path / "hooks.log"
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    monkeypatch.setenv("HOOK_LOG", str(hook_log))
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "-c", str(tmp_path / "hooks.py"))
+    assert requests.get(server.url + "/?x=1", headers={"X-Test": "yes"}, timeout=10).ok
+    assert requests.get(server.url + "/missing", timeout=10).status_code == 404
+    deadline = time.monotonic() + 10
+    while hook_log.read_text().count("\n") < 4 if hook_log.exists() else True:
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.02)  # polling the hooks' file, with a deadline
+    assert hook_log.read_text().splitlines() == [
+        "pre GET / x=1 (1, 1) yes",
+        "post GET / x=1 (1, 1) 200 /",
+        "pre GET /missing  (1, 1) None",
+        "post GET /missing  (1, 1) 404 /missing",
+    ]
+
+
+def test_an_allowed_proxy_sets_the_scheme_with_x_forwarded_proto(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1")  # allows 127.0.0.1 by default
+    forwarded = {"X-Forwarded-Proto": "https"}
+    assert requests.get(server.url + "/scheme", headers=forwarded, timeout=10).json() == {
+        "scheme": "https"
+    }
+    assert server.get("/scheme").json() == {"scheme": "http"}
+
+
+def test_scheme_headers_of_a_peer_not_allowed_are_ignored(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "--forwarded-allow-ips", "10.9.9.9")
+    forwarded = {"X-Forwarded-Proto": "https"}
+    assert requests.get(server.url + "/scheme", headers=forwarded, timeout=10).json() == {
+        "scheme": "http"
+    }
+
+
+def test_proxy_protocol_is_refused_at_boot(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "--proxy-protocol")
+    assert server.process.wait(60) != 0  # the arbiter gives up: the worker failed to boot
+    assert "does not speak the PROXY protocol" in server.log()
+
+
 def test_public_names_exist() -> None:
     import socketloop.gunicorn
 
-    assert socketloop.gunicorn.__all__ == ["Worker"]
+    assert socketloop.gunicorn.__all__ == ["Request", "Response", "Worker"]
     assert issubclass(socketloop.gunicorn.Worker, gunicorn.workers.base.Worker)

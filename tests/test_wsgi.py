@@ -826,6 +826,148 @@ def test_access_log_uses_the_common_log_format(kind: str) -> None:
     assert re.fullmatch(pattern, line), line
 
 
+# ------------------------------------------------ hooks and trusted proxies
+
+Reported = tuple[str, int]  # (status line, body bytes sent) as on_response saw them
+
+
+def reporting(reports: list[Reported]) -> Any:
+    def on_response(
+        environ: dict[str, Any], status: str, headers: Any, sent: int, seconds: float
+    ) -> None:
+        reports.append((status, sent))
+
+    return on_response
+
+
+def test_on_request_runs_before_the_app_with_its_environ(kind: str) -> None:
+    order = []
+
+    def on_request(environ: dict[str, Any]) -> None:
+        order.append(("hook", environ["PATH_INFO"]))
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        order.append(("app", environ["PATH_INFO"]))
+        return hello_app(environ, start_response)
+
+    with running(app, kind, on_request=on_request) as server:
+        assert requests.get(f"{server.url}/p", timeout=10).status_code == 200
+    assert order == [("hook", "/p"), ("app", "/p")]
+
+
+@pytest.mark.expect_errors
+def test_on_request_exception_is_a_500_and_the_app_is_not_called(kind: str) -> None:
+    called = []
+
+    def on_request(environ: dict[str, Any]) -> None:
+        raise ValueError("refused by the hook")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        called.append(1)
+        return hello_app(environ, start_response)
+
+    with running(app, kind, on_request=on_request) as server:
+        assert requests.get(f"{server.url}/", timeout=10).status_code == 500
+        wait_for(lambda: bool(server.messages(logging.ERROR)))
+        assert "GET / HTTP/1.1" in server.messages(logging.ERROR)[0]
+    assert called == []
+
+
+def test_on_response_reports_a_response_cut_short_by_the_client(kind: str) -> None:
+    reports: list[Reported] = []
+    body = Tracked([b"x" * 65536] * 200)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [*TEXT, ("Content-Length", str(65536 * 200))])
+        return body
+
+    with running(app, kind, on_response=reporting(reports)) as server:
+        sock = server.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        wait_for(lambda: bool(reports))
+    [(status, sent)] = reports
+    assert status == "200 OK"
+    assert 0 < sent < 65536 * 200
+
+
+def test_on_response_reports_a_413_met_while_the_app_reads(kind: str) -> None:
+    reports: list[Reported] = []
+    with running(echo_all_app, kind, max_body_size=1000, on_response=reporting(reports)) as server:
+        body = b"400\r\n" + b"a" * 1024 + b"\r\n" + b"0\r\n\r\n"
+        data = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+        assert refused(server, data) == 413
+    assert [status for status, _ in reports] == ["413 Content Too Large", "200 OK"]
+
+
+def scheme_app(schemes: list[str]) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        schemes.append(environ["wsgi.url_scheme"])
+        return hello_app(environ, start_response)
+
+    return app
+
+
+def test_a_trusted_proxy_sets_the_url_scheme_with_x_forwarded_proto(kind: str) -> None:
+    schemes: list[str] = []
+    with running(scheme_app(schemes), kind, trusted_proxies=["127.0.0.1"]) as server:
+        for proto in ("https", "http"):
+            headers = {"X-Forwarded-Proto": proto}
+            assert requests.get(server.url, headers=headers, timeout=10).status_code == 200
+        assert requests.get(server.url, timeout=10).status_code == 200
+    assert schemes == ["https", "http", "http"]
+
+
+def test_scheme_headers_of_an_untrusted_peer_are_ignored(kind: str) -> None:
+    schemes: list[str] = []
+    with running(scheme_app(schemes), kind, trusted_proxies="10.0.0.0/8") as server:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"}
+        assert requests.get(server.url, headers=headers, timeout=10).status_code == 200
+    assert schemes == ["http"]
+
+
+def test_scheme_headers_are_ignored_by_default(kind: str) -> None:
+    schemes: list[str] = []
+    with running(scheme_app(schemes), kind) as server:
+        headers = {"X-Forwarded-Proto": "https"}
+        assert requests.get(server.url, headers=headers, timeout=10).status_code == 200
+    assert schemes == ["http"]
+
+
+def test_contradictory_scheme_headers_are_400(kind: str) -> None:
+    schemes: list[str] = []
+    with running(scheme_app(schemes), kind, trusted_proxies="*") as server:
+        data = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n\r\n"
+        )
+        assert refused(server, data) == 400
+    assert schemes == ["http"]  # only the follow-up request reached the app
+
+
+def test_custom_secure_scheme_headers_replace_the_defaults(kind: str) -> None:
+    schemes: list[str] = []
+    secure = {"X-Scheme": "https"}
+    with running(
+        scheme_app(schemes), kind, trusted_proxies="127.0.0.1", secure_scheme_headers=secure
+    ) as server:
+        for headers in ({"X-Scheme": "https"}, {"X-Forwarded-Proto": "https"}):
+            assert requests.get(server.url, headers=headers, timeout=10).status_code == 200
+    assert schemes == ["https", "http"]
+
+
+def test_trusted_proxies_match_addresses_networks_and_unix_peers() -> None:
+    handler = slwsgi.handler(hello_app, trusted_proxies="127.0.0.1, 10.0.0.0/8, ::1, unix")
+    for peer in (("127.0.0.1", 5), ("10.2.3.4", 5), ("::1", 5, 0, 0), ("::ffff:10.0.0.9", 5, 0, 0)):
+        assert handler.scheme_keys_for(peer), peer
+    assert handler.scheme_keys_for("/run/app.sock")
+    untrusted: list[Any] = [("127.0.0.2", 5), ("192.168.1.1", 5), ("::2", 5, 0, 0), None]
+    for peer in untrusted:
+        assert not handler.scheme_keys_for(peer), peer
+    assert not slwsgi.handler(hello_app, trusted_proxies="10.0.0.1").scheme_keys_for("/s")
+
+
 # ------------------------------------------------------------ concurrency
 
 
@@ -952,7 +1094,15 @@ def test_command_line_help_documents_the_options() -> None:
         timeout=60,
         check=True,
     )
-    for option in ("MODULE:APP", "--bind", "--workers", "--access-log", "--keepalive", "--grace"):
+    for option in (
+        "MODULE:APP",
+        "--bind",
+        "--workers",
+        "--access-log",
+        "--keepalive",
+        "--grace",
+        "--trusted-proxies",
+    ):
         assert option in result.stdout
 
 
@@ -1019,6 +1169,10 @@ def test_handler_refuses_bad_options() -> None:
         slwsgi.handler(hello_app, keepalive=-1)
     with pytest.raises(TypeError):
         slwsgi.handler(hello_app, no_such_option=1)
+    with pytest.raises(ValueError, match=r"trusted_proxies: 'proxy\.example'"):
+        slwsgi.handler(hello_app, trusted_proxies=["proxy.example"])
+    with pytest.raises(TypeError, match="on_request must be callable"):
+        slwsgi.handler(hello_app, on_request=42)
 
 
 def test_missing_parser_gives_a_clear_import_error() -> None:

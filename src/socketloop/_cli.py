@@ -205,6 +205,7 @@ def serve_wsgi(args: argparse.Namespace) -> int:
         "header_timeout": args.header_timeout,
         "max_body_size": args.max_body_size,
         "access_log": args.access_log,
+        "trusted_proxies": args.trusted_proxies,
     }
     if args.max_connections:
         options["max_connections"] = args.max_connections
@@ -278,6 +279,15 @@ def _add_wsgi_parser(commands: Any) -> None:
         type=float,
         default=DEFAULT_GRACE,
         help=f"seconds in-flight requests get at a stop ({DEFAULT_GRACE})",
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        default="",
+        metavar="ADDRS",
+        help=(
+            "comma-separated addresses or networks (or 'unix', '*') whose "
+            "X-Forwarded-Proto/-Protocol/-Ssl headers set the URL scheme (none)"
+        ),
     )
     parser.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM)")
     parser.add_argument("--keyfile", help="the private key of --certfile (PEM)")

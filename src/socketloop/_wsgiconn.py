@@ -184,6 +184,9 @@ class _Connection:
             "https" if isinstance(conn, AsyncTLSSocket) else "http"
         )
         self.environ = environ
+        #: The scheme headers believed on this connection (none unless the
+        #: peer is a trusted proxy).
+        self.scheme_keys = handler.scheme_keys_for(self.peer)
         # The first request's wait counts against the header deadline: a
         # connection that sends nothing at all is the simplest slowloris.
         if handler.header_timeout is not None:
@@ -438,8 +441,12 @@ class _Connection:
             if not self.respond(message):
                 return
 
-    def send_error(self, error: _BadRequest, message: _Message | None) -> None:
-        """Answer ``error`` with a short text body and ``Connection: close``."""
+    def send_error(self, error: _BadRequest, message: _Message | None) -> tuple[str, int]:
+        """Answer ``error`` with a short text body and ``Connection: close``.
+
+        With ``message``, the refusal is logged (access log, ``on_response``)
+        here; return the status line and the body's length.
+        """
         status = error.status
         reason = _REASONS.get(status, "Error")
         body = f"{status} {reason}: {error.reason}\n".encode("latin-1", "replace")
@@ -465,6 +472,7 @@ class _Connection:
         if message is not None:
             environ = self._minimal_environ(message)
             self._log_access(environ, f"{status} {reason}", [], len(body), 0.0)
+        return f"{status} {reason}", len(body)
 
     def _minimal_environ(self, message: _Message) -> dict[str, Any]:
         environ = dict(self.environ)
@@ -508,14 +516,37 @@ class _Connection:
         return environ
 
     def respond(self, message: _Message) -> bool:
-        """Run the app for ``message`` and send its response; True to keep the connection."""
+        """Run the app for ``message`` and send its response; True to keep the connection.
+
+        Every request that reaches this point gets exactly one access-log
+        line and one ``on_response`` call, however it ends (answered, refused
+        while its body was read, app failure, client gone).
+        """
         handler = self.handler
         handler.requests += 1
         environ = self.build_environ(message)
+        if self.scheme_keys:
+            try:
+                self.apply_forwarded_scheme(environ)
+            except _BadRequest as error:
+                self.send_error(error, message)
+                return False
         response = _Response(self, message)
+        try:
+            return self._run_app(message, environ, response)
+        finally:
+            elapsed = time.monotonic() - message.started
+            self._log_access(
+                environ, response.status or "", response.headers, response.sent, elapsed
+            )
+
+    def _run_app(self, message: _Message, environ: dict[str, Any], response: _Response) -> bool:
+        handler = self.handler
         result: Iterable[bytes] | None = None
         try:
             try:
+                if handler.on_request is not None:
+                    handler.on_request(environ)
                 result = handler.app(environ, response.start_response)
                 if not response.send_all(result):
                     return False
@@ -526,7 +557,7 @@ class _Connection:
                         close()
         except OSError as exc:
             if not (response.client_gone or self.client_error is not None):
-                return self._app_failed(response, environ)
+                return self._app_failed(response)
             # The client's doing (gone, or too slow): routine, one quiet line.
             where = "response to" if response.client_gone else "request body of"
             logger.debug(
@@ -537,23 +568,27 @@ class _Connection:
                 response.request_line(),
             )
             if isinstance(exc, TimeoutError) and not response.headers_sent:
-                self.send_error(_BadRequest(408, "timed out reading the request body"), None)
+                timed_out = _BadRequest(408, "timed out reading the request body")
+                self._refuse_instead(response, timed_out)
             return False
         except RequestBodyTooLarge as exc:
             if not response.headers_sent:
-                self.send_error(_BadRequest(413, str(exc)), message)
+                self._refuse_instead(response, _BadRequest(413, str(exc)))
             return False
         except Exception:
-            return self._app_failed(response, environ)
-        elapsed = time.monotonic() - message.started
-        self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
+            return self._app_failed(response)
         if not response.keep_alive:
             return False
         if not message.complete:
             return self._drain(message)
         return True
 
-    def _app_failed(self, response: _Response, environ: dict[str, Any]) -> bool:
+    def _refuse_instead(self, response: _Response, error: _BadRequest) -> None:
+        """Answer ``error`` in place of the app's response (nothing of it was sent)."""
+        status, sent = self.send_error(error, None)
+        response.status, response.headers, response.sent = status, [], sent
+
+    def _app_failed(self, response: _Response) -> bool:
         """Log the app's exception with the request line; answer 500 if still possible."""
         logger.error(
             "app raised on %r from %s",
@@ -563,9 +598,22 @@ class _Connection:
         )
         if self.conn.fileno() >= 0 and not response.headers_sent:
             response.send_internal_error()
-        elapsed = time.monotonic() - response.message.started
-        self._log_access(environ, response.status or "", response.headers, response.sent, elapsed)
         return False
+
+    def apply_forwarded_scheme(self, environ: dict[str, Any]) -> None:
+        """Set ``wsgi.url_scheme`` from a trusted proxy's scheme headers, if it sent any.
+
+        Raises ``_BadRequest`` (400) when the headers contradict each other.
+        """
+        verdicts = set()
+        for key, secure_value in self.scheme_keys:
+            value = environ.get(key)
+            if value is not None:
+                verdicts.add(value.strip().lower() == secure_value)
+        if len(verdicts) > 1:
+            raise _BadRequest(400, "contradictory forwarded scheme headers")
+        if verdicts:
+            environ["wsgi.url_scheme"] = "https" if True in verdicts else "http"
 
     def _drain(self, message: _Message) -> bool:
         """Read and drop the rest of a body the app left unread; False to close instead."""

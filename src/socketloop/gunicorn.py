@@ -7,8 +7,10 @@ loading) and then ``run``: here ``run`` serves every inherited listener with
 connection, and a loop timer calls ``notify()`` (the heartbeat the arbiter
 watches), so a blocked loop is a missing heartbeat and gets the worker
 replaced.  It maps gunicorn's settings (``keepalive``, ``worker_connections``,
-``graceful_timeout``, ``max_requests``, ``limit_request_*``, TLS) onto the
-server's options; it must not parse HTTP itself nor touch the arbiter.
+``graceful_timeout``, ``max_requests``, ``limit_request_*``, TLS,
+``forwarded_allow_ips``/``secure_scheme_headers``) onto the server's
+options and runs gunicorn's ``pre_request``/``post_request`` hooks around
+each request; it must not parse HTTP itself nor touch the arbiter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import datetime
 import os
 import ssl
 import sys
-from types import FrameType, SimpleNamespace
+from types import FrameType
 from typing import Any
 
 try:
@@ -31,7 +33,59 @@ from . import wsgi
 from ._loop import Loop, get_loop
 from ._server import Server
 
-__all__ = ["Worker"]
+__all__ = ["Request", "Response", "Worker"]
+
+#: Where a request's ``Request`` waits in its environ between the two hooks.
+_REQUEST_KEY = "socketloop.gunicorn.request"
+
+
+class Request:
+    """What gunicorn's ``pre_request``/``post_request`` hooks get as ``req``.
+
+    The attributes of gunicorn's own request object that hooks read:
+    ``method``, ``uri``, ``path``, ``query``, ``fragment``, ``version`` (a
+    tuple), ``headers`` (``(NAME, value)`` pairs, names upper-cased),
+    ``scheme``, ``remote_addr``.  A hook may set attributes of its own; the
+    same object reaches ``post_request``.
+    """
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        uri = str(environ.get("RAW_URI", ""))
+        self.method = str(environ.get("REQUEST_METHOD", ""))
+        self.uri = uri
+        self.path = str(environ.get("PATH_INFO", ""))
+        self.query = str(environ.get("QUERY_STRING", ""))
+        self.fragment = uri.partition("#")[2]
+        protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        major, _, minor = protocol.partition("/")[2].partition(".")
+        self.version = (int(major or 1), int(minor or 0))
+        self.headers = [
+            (key[5:].replace("_", "-"), value)
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        ]
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if key in environ:
+                self.headers.append((key.replace("_", "-"), environ[key]))
+        self.scheme = str(environ.get("wsgi.url_scheme", "http"))
+        self.remote_addr = str(environ.get("REMOTE_ADDR", ""))
+
+
+class Response:
+    """What ``post_request`` and gunicorn's access log get as ``resp``.
+
+    ``status`` (the status line, e.g. ``"200 OK"``), ``status_code``,
+    ``headers`` (as the app gave them, plus the server's framing headers)
+    and ``sent`` (body bytes written).
+    """
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], sent: int) -> None:
+        self.status = status
+        code = status.split(" ", 1)[0]
+        self.status_code = int(code) if code.isdigit() else None
+        self.headers = headers
+        self.sent = sent
+
 
 #: Longest pause between two heartbeats (gunicorn's own timeout may be larger).
 HEARTBEAT_MAX_INTERVAL = 1.0
@@ -75,6 +129,20 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     # ----------------------------------------------------------- main loop
 
+    def init_process(self) -> None:
+        """gunicorn's start of a worker, after refusing settings it cannot honour.
+
+        Raises ``RuntimeError`` before the worker counts as booted, so the
+        arbiter stops with "Worker failed to boot" instead of restarting it
+        for ever.
+        """
+        # gunicorn 24+ names a mode ("off", "v1", "v2", "auto"); older ones a bool.
+        if getattr(self.cfg, "proxy_protocol", False) not in (False, None, "", "off"):
+            # Serving without reading the PROXY header would hand its bytes
+            # to the app as the start of a request.
+            raise RuntimeError("the socketloop worker does not speak the PROXY protocol")
+        super().init_process()
+
     def run(self) -> None:
         """Serve until told to stop; returns when the loop has finished."""
         self._quick = False
@@ -95,7 +163,12 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             "max_headers": cfg.limit_request_fields or None,
             "max_header_line": cfg.limit_request_field_size or None,
             "multiprocess": cfg.workers > 1,
+            "on_request": self._on_request,
             "on_response": self._on_response,
+            # gunicorn believes the scheme headers of the listed peers and of
+            # every Unix-domain peer (a proxy on this host).
+            "trusted_proxies": [*cfg.forwarded_allow_ips, "unix"],
+            "secure_scheme_headers": cfg.secure_scheme_headers or {},
             "environ": {"SERVER_SOFTWARE": "gunicorn (socketloop worker)"},
         }
         # Beat before serving: creating a server accepts (and starts serving)
@@ -162,6 +235,10 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     # ------------------------------------------------------------ requests
 
+    def _on_request(self, environ: dict[str, Any]) -> None:
+        request = environ[_REQUEST_KEY] = Request(environ)
+        self.cfg.pre_request(self, request)
+
     def _on_response(
         self,
         environ: dict[str, Any],
@@ -175,15 +252,20 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
             self.loop.call_soon(self._check)
+        request = environ.get(_REQUEST_KEY)
+        response = Response(status, headers, sent)
+        if request is not None:  # pre_request ran: so does post_request, as in gunicorn
+            try:
+                self.cfg.post_request(self, request, environ, response)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
         log = self.log
         if getattr(log, "access_log_enabled", True):
             # gunicorn's access log formats from a response, a request and
-            # the environ; these carry what its atoms read.
-            request_headers = [
-                (key[5:].replace("_", "-"), value)
-                for key, value in environ.items()
-                if key.startswith("HTTP_")
-            ]
-            response = SimpleNamespace(status=status, sent=sent, headers=headers)
-            request = SimpleNamespace(headers=request_headers)
-            log.access(response, request, environ, datetime.timedelta(seconds=seconds))
+            # the environ; requests refused before the app get a Request too.
+            log.access(
+                response,
+                request if request is not None else Request(environ),
+                environ,
+                datetime.timedelta(seconds=seconds),
+            )

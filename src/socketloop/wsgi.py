@@ -23,7 +23,8 @@ a parsed request, the ``Date`` clock); it must not grow their work back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 try:
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_LINE",
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_REQUEST_LINE",
+    "DEFAULT_SECURE_SCHEME_HEADERS",
     "DEFAULT_TIMEOUT",
     "SERVER_OPTIONS",
     "FileWrapper",
@@ -79,6 +81,44 @@ __all__ = [
 WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 #: ``on_response(environ, status, response_headers, body_bytes_sent, seconds)``
 ResponseHook = Callable[[dict[str, Any], str, list[tuple[str, str]], int, float], object]
+#: ``on_request(environ)``, called before the app with the request's environ.
+RequestHook = Callable[[dict[str, Any]], object]
+
+#: The headers a trusted proxy sets to say the client's connection used TLS,
+#: and the value that means so (gunicorn's defaults, so that configurations
+#: carry over).  Consulted only for peers listed in ``trusted_proxies``.
+DEFAULT_SECURE_SCHEME_HEADERS: dict[str, str] = {
+    "X-FORWARDED-PROTOCOL": "ssl",
+    "X-FORWARDED-PROTO": "https",
+    "X-FORWARDED-SSL": "on",
+}
+
+
+def _trusted_networks(
+    trusted_proxies: str | Iterable[str],
+) -> tuple[bool, bool, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    """``trusted_proxies`` read as (every peer, Unix-domain peers, networks)."""
+    if isinstance(trusted_proxies, str):
+        entries = [part.strip() for part in trusted_proxies.split(",")]
+    else:
+        entries = [str(part).strip() for part in trusted_proxies]
+    every = unix = False
+    networks = []
+    for entry in entries:
+        if not entry:
+            continue
+        if entry == "*":
+            every = True
+        elif entry == "unix":
+            unix = True
+        else:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address, a network, '*' or 'unix'"
+                ) from None
+    return every, unix, tuple(networks)
 
 
 class WSGIHandler:
@@ -111,10 +151,16 @@ class WSGIHandler:
         url_scheme: str | None = None,
         multiprocess: bool = False,
         environ: dict[str, Any] | None = None,
+        on_request: RequestHook | None = None,
         on_response: ResponseHook | None = None,
+        trusted_proxies: str | Iterable[str] = (),
+        secure_scheme_headers: Mapping[str, str] | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        for name, hook in (("on_request", on_request), ("on_response", on_response)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
         for name, value in (
             ("keepalive", keepalive),
             ("header_timeout", header_timeout),
@@ -133,7 +179,15 @@ class WSGIHandler:
         self.max_headers = max_headers
         self.access_log = access_log
         self.url_scheme = url_scheme
+        self.on_request = on_request
         self.on_response = on_response
+        self._trust_every, self._trust_unix, self._trusted = _trusted_networks(trusted_proxies)
+        if secure_scheme_headers is None:
+            secure_scheme_headers = DEFAULT_SECURE_SCHEME_HEADERS
+        self._scheme_keys: tuple[tuple[str, str], ...] = tuple(
+            ("HTTP_" + name.strip().upper().replace("-", "_"), value.strip().lower())
+            for name, value in secure_scheme_headers.items()
+        )
         self.closing = False
         self.requests = 0
         self._connections: set[_Connection] = set()
@@ -169,6 +223,31 @@ class WSGIHandler:
         """Connections being served right now."""
         return len(self._connections)
 
+    def scheme_keys_for(self, peer: Any) -> tuple[tuple[str, str], ...]:
+        """The scheme headers (environ key, secure value) believed from ``peer``.
+
+        None unless ``peer`` is a trusted proxy: anyone else could claim
+        ``https`` and make the app build secure links, or trust a session
+        cookie, on a plain connection.
+        """
+        if not self._scheme_keys:
+            return ()
+        if self._trust_every:
+            return self._scheme_keys
+        if not isinstance(peer, tuple):  # a Unix-domain socket (or unknown)
+            return self._scheme_keys if self._trust_unix and peer is not None else ()
+        if not self._trusted:
+            return ()
+        try:
+            address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+        except ValueError:
+            return ()
+        mapped = getattr(address, "ipv4_mapped", None)
+        for network in self._trusted:
+            if address in network or (mapped is not None and mapped in network):
+                return self._scheme_keys
+        return ()
+
     def header_key(self, name: bytes) -> str | None:
         """The environ key of a request header; None for names the server drops.
 
@@ -201,7 +280,11 @@ def handler(app: WSGIApp, **options: Any) -> WSGIHandler:
     (414), ``max_header_line``, ``max_header_size``, ``max_headers`` (431),
     ``access_log`` (Common Log Format lines on the ``socketloop.wsgi.access``
     logger), ``url_scheme``, ``multiprocess``, ``environ`` (extra environ
-    keys) and ``on_response(environ, status, headers, sent, seconds)``.
+    keys), ``on_request(environ)`` (before the app; an exception there is
+    a 500 like the app's), ``on_response(environ, status, headers, sent,
+    seconds)`` (once per request, however it ended), ``trusted_proxies``
+    (addresses, networks, ``"unix"`` or ``"*"`` whose
+    ``secure_scheme_headers`` set ``wsgi.url_scheme``; default: none).
     Raises ``TypeError``/``ValueError`` for a bad option at once.
     """
     return WSGIHandler(app, **options)
