@@ -9,7 +9,10 @@ the suite marks such rows.
 Modes (``-m``):
 
 ``pingpong``  each connection keeps ``-P`` messages of ``-s`` bytes in flight
-              (default 1: send, wait for the whole echo, send again).
+              (default 1: send, wait for the whole echo, send again); with
+              ``-r RATE`` each connection sends at most RATE messages a second
+              instead, on a fixed schedule (an offered load, the same for
+              every server however fast it answers).
 ``stream``    each connection writes ``-s``-byte chunks as fast as the socket
               takes them, within a window of ``-P`` chunks (0: TCP flow control
               only), and reads the echo back; requests = chunks echoed.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import heapq
 import json
 import os
 import random
@@ -64,6 +68,7 @@ def make_pattern(size: int) -> bytes:
 class Conn:
     __slots__ = (
         "base",
+        "due",
         "fd",
         "ident",
         "mask",
@@ -85,6 +90,7 @@ class Conn:
         self.tx = 0  # bytes sent
         self.rx = 0  # bytes received (and checked)
         self.started = 0.0  # connect/idle: when this attempt began
+        self.due = 0.0  # paced pingpong: when the next message is sent
         self.sent_at: collections.deque[float] = collections.deque()
 
 
@@ -108,6 +114,10 @@ class Engine:
         self.lat_seen = 0
         self.rng = random.Random(7)
         self.window = opts.pipeline * opts.size  # stream: 0 = unlimited
+        #: Paced pingpong: seconds between two sends on a connection, and
+        #: the connections waiting for their turn as (due, ident, conn).
+        self.interval = 1.0 / opts.rate if opts.rate else 0.0
+        self.waiting: list[tuple[float, int, Conn]] = []
         self.family = socket.AF_INET
         self.address: Any = None
 
@@ -165,6 +175,7 @@ class Engine:
             self.close(c)
             return
         c.state = ACTIVE
+        c.due = time.monotonic()  # paced: the first message goes now
         self.alive += 1
         self.connected_ever += 1
 
@@ -241,6 +252,14 @@ class Engine:
                 if self.measuring:
                     self.requests += 1
                     self.sample(now - sent)
+            if self.interval and c.rx == c.tx:
+                # The next send waits for its slot; a late answer does not
+                # earn a burst afterwards (no catching up).
+                c.due = max(now, c.due + self.interval)
+                if c.due > now:
+                    self.set_mask(c, EPOLLIN)
+                    heapq.heappush(self.waiting, (c.due, c.ident, c))
+                    return
             self.write(c)
         elif mode == "stream":
             if self.measuring:
@@ -349,7 +368,15 @@ class Engine:
             if mode == "idle" and phase != "connect":
                 time.sleep(max(0.0, min(0.1, t_measure + o.duration - now)))
                 continue
-            for fd, ev in poll(0.05):
+            timeout = 0.05
+            waiting = self.waiting
+            while waiting and waiting[0][0] <= now:
+                _, _, c = heapq.heappop(waiting)
+                if c.state == ACTIVE:
+                    self.write(c)
+            if waiting:
+                timeout = min(timeout, max(0.0, waiting[0][0] - now))
+            for fd, ev in poll(timeout):
                 c = by_fd.get(fd)
                 if c is not None:
                     on_event(c, ev)
@@ -485,6 +512,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-w", dest="warmup", type=float, default=1.0, help="warm-up seconds")
     p.add_argument("-P", dest="pipeline", type=int, default=None, help="messages in flight")
     p.add_argument("-m", dest="mode", choices=MODES, default="pingpong")
+    p.add_argument(
+        "-r", dest="rate", type=float, default=0.0, help="pingpong: messages/s per connection"
+    )
     p.add_argument("-T", dest="connect_timeout", type=float, default=10.0)
     p.add_argument("-S", dest="src_addrs", type=int, default=0, help="source addresses")
     p.add_argument("-j", dest="procs", type=int, default=1, help="processes")
@@ -502,6 +532,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         or opts.procs < 1
         or not 0 <= opts.src_addrs <= 250
         or (opts.mode == "pingpong" and opts.pipeline < 1)
+        or opts.rate < 0
+        or (opts.rate > 0 and (opts.mode != "pingpong" or opts.pipeline != 1))
     )
     if bad:
         p.print_usage(sys.stderr)
