@@ -374,6 +374,11 @@ def wsgi_section(doc: dict[str, Any]) -> list[str]:
         "workers, shared with wrk: compare CPU per request there, not the rate); medians "
         "over rounds; ratios are medians of per-round ratios",
         f"- **Command**: `{m['command']}`",
+        "- **Workers**: with 2 workers, wrk and the server share this machine's 2 cores, so "
+        "the 2-worker rates say nothing about scaling across cores; what they do show is "
+        "the CPU per request with a second process (the cost of the supervisor or arbiter "
+        "and of two loops) and, in the last column, how the load spread over the "
+        "processes (the supervisor or arbiter is the share near 0)",
         "",
     ]
     ratios = {(r["app"], r["workers"], r["server"], r["peer"]): r for r in doc["ratios"]}

@@ -1019,7 +1019,8 @@ def _serve_both(hosting: Hosting, *options: str) -> tuple[int, int]:
             await aserver.wait_closed()
         return by_asyncio, by_socketloop
 
-    return hosting.run(body)
+    served: tuple[int, int] = hosting.run(body)
+    return served
 
 
 def test_an_asyncio_server_and_a_socketloop_server_loaded_equally_each_serve_a_third(

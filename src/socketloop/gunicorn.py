@@ -16,6 +16,7 @@ each request; it must not parse HTTP itself nor touch the arbiter.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import ssl
 import sys
@@ -104,6 +105,8 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     loop: Loop
     servers: list[Server]
+    _pre_request: Any
+    _post_request: Any
 
     # ------------------------------------------------------------- signals
 
@@ -163,7 +166,6 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             "max_headers": cfg.limit_request_fields or None,
             "max_header_line": cfg.limit_request_field_size or None,
             "multiprocess": cfg.workers > 1,
-            "on_request": self._on_request,
             "on_response": self._on_response,
             # gunicorn believes the scheme headers of the listed peers and of
             # every Unix-domain peer (a proxy on this host).
@@ -171,6 +173,10 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             "secure_scheme_headers": cfg.secure_scheme_headers or {},
             "environ": {"SERVER_SOFTWARE": "gunicorn (socketloop worker)"},
         }
+        self._pre_request = self._hook("pre_request")
+        self._post_request = self._hook("post_request")
+        if self._pre_request is not None or self._post_request is not None:
+            options["on_request"] = self._on_request
         # Beat before serving: creating a server accepts (and starts serving)
         # connections already waiting in the backlog at once, and a request
         # that blocks there must find a heartbeat the arbiter can age; the
@@ -235,9 +241,26 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     # ------------------------------------------------------------ requests
 
+    def _hook(self, name: str) -> Any:
+        """The ``pre_request``/``post_request`` hook to run, or None for none.
+
+        gunicorn's defaults are skipped (building a ``Request`` per request
+        costs a few microseconds): ``post_request`` does nothing and
+        ``pre_request`` logs the request line at DEBUG, so it is kept while
+        the error log is at that level.
+        """
+        hook = getattr(self.cfg, name)
+        setting = getattr(self.cfg, "settings", {}).get(name)
+        if setting is None or hook is not getattr(type(setting), "default", None):
+            return hook
+        error_log = getattr(self.log, "error_log", None)
+        debugging = error_log is not None and error_log.isEnabledFor(logging.DEBUG)
+        return hook if name == "pre_request" and debugging else None
+
     def _on_request(self, environ: dict[str, Any]) -> None:
         request = environ[_REQUEST_KEY] = Request(environ)
-        self.cfg.pre_request(self, request)
+        if self._pre_request is not None:
+            self._pre_request(self, request)
 
     def _on_response(
         self,
@@ -253,10 +276,12 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             self.alive = False
             self.loop.call_soon(self._check)
         request = environ.get(_REQUEST_KEY)
-        response = Response(status, headers, sent)
-        if request is not None:  # pre_request ran: so does post_request, as in gunicorn
+        response = None
+        if request is not None and self._post_request is not None:
+            # pre_request ran: so does post_request, as in gunicorn
+            response = Response(status, headers, sent)
             try:
-                self.cfg.post_request(self, request, environ, response)
+                self._post_request(self, request, environ, response)
             except Exception:
                 self.log.exception("Exception in post_request hook")
         log = self.log
@@ -264,8 +289,8 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             # gunicorn's access log formats from a response, a request and
             # the environ; requests refused before the app get a Request too.
             log.access(
-                response,
-                request if request is not None else Request(environ),
+                response or Response(status, headers, sent),
+                request or Request(environ),
                 environ,
                 datetime.timedelta(seconds=seconds),
             )
