@@ -399,7 +399,8 @@ HOOKS = textwrap.dedent(
 
     def post_request(worker, req, environ, resp):
         with open(os.environ["HOOK_LOG"], "a") as log:
-            log.write(f"post {req.seen_by_pre} {resp.status_code} {environ['PATH_INFO']}\\n")
+            host, _ = req.peer_addr
+            log.write(f"post {req.seen_by_pre} {resp.status_code} {environ['PATH_INFO']} {host}\\n")
     """
 )
 
@@ -419,9 +420,9 @@ def test_pre_and_post_request_hooks_run_around_each_request(
         time.sleep(0.02)  # polling the hooks' file, with a deadline
     assert hook_log.read_text().splitlines() == [
         "pre GET / x=1 (1, 1) yes",
-        "post GET / x=1 (1, 1) 200 /",
+        "post GET / x=1 (1, 1) 200 / 127.0.0.1",
         "pre GET /missing  (1, 1) None",
-        "post GET /missing  (1, 1) 404 /missing",
+        "post GET /missing  (1, 1) 404 /missing 127.0.0.1",
     ]
 
 

@@ -957,6 +957,56 @@ def test_custom_secure_scheme_headers_replace_the_defaults(kind: str) -> None:
     assert schemes == ["https", "http"]
 
 
+def test_repeated_scheme_header_lines_that_agree_set_https(kind: str) -> None:
+    schemes: list[str] = []
+    with running(scheme_app(schemes), kind, trusted_proxies="127.0.0.1") as server:
+        data = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n"
+            b"X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(exchange(server, data)) == 200
+    assert schemes == ["https"]
+
+
+def test_trailers_never_reach_the_environ_nor_set_the_scheme(kind: str) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(4096)
+        seen.append((environ["wsgi.url_scheme"], "HTTP_X_FORWARDED_PROTO" in environ))
+        start_response("200 OK", TEXT)
+        return [body]
+
+    with running(app, kind, trusted_proxies="127.0.0.1") as server:
+        data = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n1\r\nx\r\n0\r\nX-Forwarded-Proto: https\r\n\r\n"
+        )
+        # One write: the trailer is parsed before the app runs.
+        assert status_of(exchange(server, data)) == 200
+    assert seen == [("http", False)]
+
+
+def test_on_response_comes_before_an_unread_body_is_drained(kind: str) -> None:
+    reports: list[Reported] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("403 Forbidden", TEXT)  # answers without reading the body
+        return [b"no\n"]
+
+    with running(app, kind, on_response=reporting(reports)) as server:
+        sock = server.connect()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        [(status, _, body)] = read_responses(sock, 1)
+        assert (status, body) == (403, b"no\n")
+        wait_for(lambda: bool(reports))  # while 8 bytes of the body are still to come
+        assert reports == [("403 Forbidden", 3)]
+        sock.sendall(b"cdefghij" + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(status, _, _)] = read_responses(sock, 1)  # the connection was kept
+        assert status == 403
+        sock.close()
+
+
 def test_trusted_proxies_match_addresses_networks_and_unix_peers() -> None:
     handler = slwsgi.handler(hello_app, trusted_proxies="127.0.0.1, 10.0.0.0/8, ::1, unix")
     for peer in (("127.0.0.1", 5), ("10.2.3.4", 5), ("::1", 5, 0, 0), ("::ffff:10.0.0.9", 5, 0, 0)):

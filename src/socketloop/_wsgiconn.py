@@ -225,6 +225,12 @@ class _Connection:
             self._refuse(message, 431, "header line too long")
         if handler.max_header_size is not None and message.header_bytes > handler.max_header_size:
             self._refuse(message, 431, "header block too large")
+        if message.method:
+            # A trailer field (after a chunked body: the method is set when
+            # the header block completes).  WSGI has no place for trailers,
+            # and taken as headers they would let a client behind a proxy
+            # that only vets the header block set X-Forwarded-Proto.
+            return
         message.headers.append((name, value))
         if handler.max_headers is not None and len(message.headers) > handler.max_headers:
             self._refuse(message, 431, "too many header fields")
@@ -464,15 +470,16 @@ class _Connection:
                 reason,
                 error.reason,
             )
+        sent = len(body)
         try:
             self.conn.settimeout(self.handler.timeout)
             self.conn.sendall(head + _clock.date() + b"\r\n" + body)
         except OSError:
-            pass
+            sent = 0  # the client is gone: nothing reached it
         if message is not None:
             environ = self._minimal_environ(message)
-            self._log_access(environ, f"{status} {reason}", [], len(body), 0.0)
-        return f"{status} {reason}", len(body)
+            self._log_access(environ, f"{status} {reason}", [], sent, 0.0)
+        return f"{status} {reason}", sent
 
     def _minimal_environ(self, message: _Message) -> dict[str, Any]:
         environ = dict(self.environ)
@@ -533,12 +540,17 @@ class _Connection:
                 return False
         response = _Response(self, message)
         try:
-            return self._run_app(message, environ, response)
+            keep = self._run_app(message, environ, response)
         finally:
             elapsed = time.monotonic() - message.started
             self._log_access(
                 environ, response.status or "", response.headers, response.sent, elapsed
             )
+        if keep and not message.complete:
+            # After the log line: the rest of an unread upload is the
+            # client's time, not the response's.
+            return self._drain(message)
+        return keep
 
     def _run_app(self, message: _Message, environ: dict[str, Any], response: _Response) -> bool:
         handler = self.handler
@@ -577,11 +589,7 @@ class _Connection:
             return False
         except Exception:
             return self._app_failed(response)
-        if not response.keep_alive:
-            return False
-        if not message.complete:
-            return self._drain(message)
-        return True
+        return response.keep_alive
 
     def _refuse_instead(self, response: _Response, error: _BadRequest) -> None:
         """Answer ``error`` in place of the app's response (nothing of it was sent)."""
@@ -609,7 +617,9 @@ class _Connection:
         for key, secure_value in self.scheme_keys:
             value = environ.get(key)
             if value is not None:
-                verdicts.add(value.strip().lower() == secure_value)
+                # Repeated lines arrive joined with ", " (see build_environ).
+                for part in value.split(","):
+                    verdicts.add(part.strip().lower() == secure_value)
         if len(verdicts) > 1:
             raise _BadRequest(400, "contradictory forwarded scheme headers")
         if verdicts:

@@ -22,6 +22,7 @@ import ssl
 import sys
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 try:
     from gunicorn.workers.base import Worker as _BaseWorker  # type: ignore[import-untyped]
@@ -43,20 +44,26 @@ _REQUEST_KEY = "socketloop.gunicorn.request"
 class Request:
     """What gunicorn's ``pre_request``/``post_request`` hooks get as ``req``.
 
-    The attributes of gunicorn's own request object that hooks read:
-    ``method``, ``uri``, ``path``, ``query``, ``fragment``, ``version`` (a
+    The attributes of gunicorn's own request object that hooks read, with
+    its meanings: ``method``, ``uri`` (as sent), ``path``, ``query`` and
+    ``fragment`` (split from ``uri``, not percent-decoded), ``version`` (a
     tuple), ``headers`` (``(NAME, value)`` pairs, names upper-cased),
-    ``scheme``, ``remote_addr``.  A hook may set attributes of its own; the
-    same object reaches ``post_request``.
+    ``scheme``, ``remote_addr`` and ``peer_addr`` (the peer's ``(host,
+    port)``), ``body`` (the request body, ``wsgi.input``), ``trailers``
+    (None: trailers are not passed on) and ``proxy_protocol_info`` (None).
+    A hook may set attributes of its own; the same object reaches
+    ``post_request``.  Unlike gunicorn, the environ is built before
+    ``pre_request`` runs: changing ``req`` does not change what the app sees.
     """
 
     def __init__(self, environ: dict[str, Any]) -> None:
         uri = str(environ.get("RAW_URI", ""))
+        parts = urlsplit(uri)
         self.method = str(environ.get("REQUEST_METHOD", ""))
         self.uri = uri
-        self.path = str(environ.get("PATH_INFO", ""))
-        self.query = str(environ.get("QUERY_STRING", ""))
-        self.fragment = uri.partition("#")[2]
+        self.path = parts.path
+        self.query = parts.query
+        self.fragment = parts.fragment
         protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
         major, _, minor = protocol.partition("/")[2].partition(".")
         self.version = (int(major or 1), int(minor or 0))
@@ -69,7 +76,13 @@ class Request:
             if key in environ:
                 self.headers.append((key.replace("_", "-"), environ[key]))
         self.scheme = str(environ.get("wsgi.url_scheme", "http"))
-        self.remote_addr = str(environ.get("REMOTE_ADDR", ""))
+        host = str(environ.get("REMOTE_ADDR", ""))
+        port = str(environ.get("REMOTE_PORT", ""))
+        self.peer_addr: tuple[str, int] | str = (host, int(port)) if port.isdigit() else host
+        self.remote_addr = self.peer_addr
+        self.body = environ.get("wsgi.input")
+        self.trailers = None
+        self.proxy_protocol_info = None
 
 
 class Response:
