@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
+from run import cpu_model, source_revision  # benchmarks/run.py, beside this script
 
 import socketloop
 
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "micro.md").write_text("\n".join(lines))
     meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "revision": source_revision(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "socketloop": socketloop.__version__,
         "repeat": repeat,

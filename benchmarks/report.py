@@ -317,8 +317,11 @@ def render_readme_section(
     out += summary_table(data, "server_cpu_us")
     out += ["", LEGEND, ""]
     if micro:
+        m = micro.get("meta", {})
+        when = f"; {m['date']}, {m['cpu']}, revision {m['revision']}" if "date" in m else ""
         out += [
-            "Micro-benchmarks (`benchmarks/micro.py`, ns per operation, min of repetitions):",
+            "Micro-benchmarks (`benchmarks/micro.py`, ns per operation, min of "
+            f"repetitions{when}):",
             "",
         ]
         out += micro_table(micro)
