@@ -451,7 +451,8 @@ class _Connection:
         """Answer ``error`` with a short text body and ``Connection: close``.
 
         With ``message``, the refusal is logged (access log, ``on_response``)
-        here; return the status line and the body's length.
+        here.  Returns the status line and the bytes that reached the client
+        (0 when the write failed).
         """
         status = error.status
         reason = _REASONS.get(status, "Error")
