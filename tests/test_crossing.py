@@ -244,16 +244,16 @@ def test_a_wake_up_written_after_the_loop_cleared_the_flag_does_not_make_it_spin
     # and only then does the caller's write to the wake-up fd land.
     about_to_write = threading.Event()
     go = threading.Event()
-    real_write = os.eventfd_write
+    real_write = os.write
     pusher_ident: list[int] = []
 
-    def slow_write(fd: int, value: int) -> None:
+    def slow_write(fd: int, data: bytes) -> int:
         if pusher_ident and threading.get_ident() == pusher_ident[0]:
             about_to_write.set()
             go.wait(WAIT)
-        real_write(fd, value)
+        return real_write(fd, data)
 
-    monkeypatch.setattr(os, "eventfd_write", slow_write)
+    monkeypatch.setattr(os, "write", slow_write)
     log: list[str] = []
     sleeper = loop.newthread(loop.sleep, 60)
 

@@ -72,6 +72,90 @@ def test_on_signal_runs_the_handler_in_a_loop_thread_and_wakes_a_polling_loop(lo
 
 
 @pytest.mark.usefixtures("usr1_restored")
+def test_a_signal_caught_by_another_os_thread_still_wakes_a_polling_loop(loop: Loop) -> None:
+    """The C handler runs in the OS thread the signal was sent to; Python runs
+    the handler in the main thread only when it next runs bytecode.  A loop
+    polling with nothing else to wake it must still be woken (the same hole a
+    signal landing just before the poll's system call falls into)."""
+    keeper = loop.newthread(loop.sleep, 60)
+    seen: list[int] = []
+
+    def handler(signum: int) -> None:
+        seen.append(signum)
+        keeper.kill()
+
+    def target() -> None:
+        wait_until_polling(loop, WAIT)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # this OS thread, not main
+
+    loop.on_signal(signal.SIGUSR1, handler)
+    sender = threading.Thread(target=target, daemon=True)
+    sender.start()
+    loop.start(WAIT)
+    sender.join(WAIT)
+    loop.on_signal(signal.SIGUSR1, None)
+    assert seen == [signal.SIGUSR1], "the loop polled on through the signal"
+    assert not keeper.is_alive()
+
+
+@pytest.fixture
+def wakeup_fd_free() -> Iterator[None]:
+    """The process's signal wake-up fd is unset around the test, and unset after."""
+    previous = signal.set_wakeup_fd(-1)
+    yield
+    assert signal.set_wakeup_fd(previous) == -1, "a signal wake-up fd was left behind"
+
+
+def current_wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+@pytest.mark.usefixtures("wakeup_fd_free")
+def test_start_takes_the_signal_wakeup_fd_while_it_runs_and_gives_it_back(loop: Loop) -> None:
+    seen: list[int] = []
+    loop.call_soon(lambda: seen.append(current_wakeup_fd()))
+    loop.start()
+    assert seen == [loop._wakeup.write_fd]
+    assert current_wakeup_fd() == -1
+
+
+@pytest.mark.usefixtures("usr1_restored", "wakeup_fd_free")
+def test_on_signal_holds_the_signal_wakeup_fd_until_the_handler_is_removed(loop: Loop) -> None:
+    loop.on_signal(signal.SIGUSR1, lambda signum: None)
+    loop.on_signal(signal.SIGUSR1, lambda signum: None)  # a replacement is not a second hold
+    assert current_wakeup_fd() == loop._wakeup.write_fd
+    loop.start()
+    assert current_wakeup_fd() == loop._wakeup.write_fd
+    loop.on_signal(signal.SIGUSR1, None)
+    assert current_wakeup_fd() == -1
+
+
+@pytest.mark.usefixtures("usr1_restored", "wakeup_fd_free")
+def test_a_wakeup_fd_set_by_someone_else_is_left_in_place(loop: Loop) -> None:
+    theirs_r, theirs_w = os.pipe()
+    os.set_blocking(theirs_w, False)
+    try:
+        signal.set_wakeup_fd(theirs_w)
+        loop.on_signal(signal.SIGUSR1, lambda signum: None)
+        loop.call_soon(lambda: None)
+        loop.start()
+        loop.on_signal(signal.SIGUSR1, None)
+        assert signal.set_wakeup_fd(-1) == theirs_w
+    finally:
+        os.close(theirs_r)
+        os.close(theirs_w)
+
+
+@pytest.mark.usefixtures("usr1_restored", "wakeup_fd_free")
+def test_close_gives_the_signal_wakeup_fd_back(loop: Loop) -> None:
+    loop.on_signal(signal.SIGUSR1, lambda signum: None)
+    loop.close()
+    assert current_wakeup_fd() == -1
+
+
+@pytest.mark.usefixtures("usr1_restored")
 def test_on_signal_handler_runs_once_per_signal(loop: Loop) -> None:
     count = [0]
     handled = threading.Event()

@@ -6,7 +6,7 @@ Make a running asyncio loop (the *host*) drive a socketloop loop instead of
 ``start()``: tell the host when a step is due, run it, and get out of the way.
 The loop keeps everything it has natively (its own edge-triggered epoll set,
 registered once per socket; the ready queue; the timer heap; the wake-up
-eventfd).  This module reaches into the loop only through the "host driver
+pipe).  This module reaches into the loop only through the "host driver
 entry points" of the kernel (``_kernel.Kernel``) plus its documented seam
 (``_poller.fileno()``, ``_next_timeout``, ``_block``/``_wake``), and must not
 grow scheduling logic of its own:
@@ -33,7 +33,7 @@ How the host drives the loop
   re-armed after each step only when the earliest deadline moved earlier (an
   early wake-up runs an empty step and re-arms: harmless and rare).
 - **Other OS threads** keep using ``call_soon_threadsafe``: it writes the
-  loop's eventfd, which sits in the inner epoll set, so the epoll fd becomes
+  loop's wake-up pipe, which sits in the inner epoll set, so the epoll fd becomes
   readable and the host wakes up exactly as for I/O.
 - **The poll backend** has no fd to hand over: the driver watches each fd a
   thread waits on with ``add_reader``/``add_writer`` (the poller reports its

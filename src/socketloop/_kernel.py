@@ -500,11 +500,13 @@ class Kernel(FdRegistry):
         # Level-triggered backends report the wake-up fd until it is read.  A
         # write that landed after the flag was cleared leaves it readable with
         # the flag down; read it whenever it shows up, or poll() would spin.
+        # Raising the flag (rather than reading the pipe here) keeps the
+        # Wakeup rule: the pipe is emptied only by a clear() that is followed
+        # by a run of the whole queue, so no call queued meanwhile is missed.
         fd = self._wakeup.fd
         for event_fd, _ in events:
             if event_fd == fd:
-                if not self._wakeup.pending:
-                    self._wakeup.clear()
+                self._wakeup.pending = True
                 return
 
     def _run_threadsafe(self) -> None:
@@ -534,6 +536,9 @@ class Kernel(FdRegistry):
         self._running = True
         self._stopping = False
         previous_handler = _signals.install_sigint(self._on_sigint)
+        # Ctrl-C (and on_signal handlers) landing just before the poll's
+        # system call must end that poll, not wait for the next event.
+        self._wakeup.hold_signal_fd()
         try:
             while not self._stopping:
                 if deadline is None:
@@ -552,6 +557,7 @@ class Kernel(FdRegistry):
             self._running = False
             self._stopping = False
             _signals.restore_sigint(previous_handler)
+            self._wakeup.release_signal_fd()
             if self._ki_pending:
                 self._ki_pending = False
 

@@ -192,8 +192,10 @@ class Lifecycle(ThreadControl):
         self._external_waits = 0
         self._poller.abandon()
         self._poller = make_driver(self._poller_name, self)
-        self._wakeup.abandon()
+        signal_holds = self._wakeup.abandon()
         self._wakeup = Wakeup()
         self._poller.register_wakeup(self._wakeup.fd)
+        if signal_holds:  # a start() or on_signal handler of the parent's carries on here
+            self._wakeup.hold_signal_fd(signal_holds)
         for hook in self._fork_hooks:
             hook()

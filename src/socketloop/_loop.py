@@ -333,10 +333,14 @@ class Loop(Kernel):
             self._host.on_signal(signum, handler)
             return
         if handler is None:
-            self._signal_handlers.restore(signum)
+            if self._signal_handlers.restore(signum):
+                self._wakeup.release_signal_fd()
             return
         require_callable(handler, "the signal handler")
-        self._signal_handlers.set(self, signum, handler)
+        if self._signal_handlers.set(self, signum, handler):
+            # So that a signal arriving just before the poll's system call
+            # still ends it (see _wakeup).
+            self._wakeup.hold_signal_fd()
 
     # ------------------------------------------------------- timeout scopes
 

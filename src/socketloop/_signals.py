@@ -62,26 +62,36 @@ class SignalHandlers:
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
 
-    def set(self, loop: _Spawner, signum: int, handler: Callable[[int], object]) -> None:
+    def set(self, loop: _Spawner, signum: int, handler: Callable[[int], object]) -> bool:
         """Run ``handler(signum)`` in a new thread of ``loop`` each time the signal arrives.
 
-        Raises ``ValueError`` outside the main OS thread (Python's rule).
+        Returns True when ``signum`` had no handler of ours before (the
+        caller then holds the signal wake-up fd for it).  Raises
+        ``ValueError`` outside the main OS thread (Python's rule).
         """
 
         def on_signal(number: int, frame: FrameType | None) -> None:
             loop.call_soon_threadsafe(_spawn_handler, loop, handler, number)
 
         previous = signal.signal(signum, on_signal)
-        self._previous.setdefault(signum, previous)
+        if signum in self._previous:
+            return False
+        self._previous[signum] = previous
+        return True
 
-    def restore(self, signum: int) -> None:
-        """Put back the handler that was there before the first ``set`` for ``signum``."""
-        previous = self._previous.pop(signum, None)
-        if previous is not None:
-            try:
-                signal.signal(signum, previous)
-            except ValueError:  # pragma: no cover - not from the main OS thread
-                pass
+    def restore(self, signum: int) -> bool:
+        """Put back the handler that was there before the first ``set`` for ``signum``.
+
+        Returns True if there was one of ours to take away.
+        """
+        if signum not in self._previous:
+            return False
+        previous = self._previous.pop(signum)
+        try:
+            signal.signal(signum, previous)
+        except (ValueError, TypeError):  # pragma: no cover - not from the main OS thread
+            pass
+        return True
 
     def restore_all(self) -> None:
         for signum in list(self._previous):
