@@ -76,8 +76,10 @@ def test_a_host_driving_step_zero_runs_sleeping_threads_to_the_end(make: type[Lo
         thread = lp.spawn(worker)
         epoll_fd = lp._poller.fileno()
         deadline = time.monotonic() + WAIT
-        while thread.is_alive() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             lp.step(0)
+            if not thread.is_alive():
+                break
             delay = lp._next_timeout(None)
             if delay is None:
                 delay = WAIT

@@ -288,6 +288,41 @@ def test_sigterm_finishes_in_flight_requests(
     assert server.process.wait(20) == 0
 
 
+BOOT_HOOK = textwrap.dedent(
+    """
+    import os, time
+
+    def post_fork(server, worker):
+        # Between the fork and the worker's own signal handlers: report, then
+        # wait until the arbiter's inherited handler has queued a signal here.
+        marker = os.environ["HOLD_MARKER"] + ".forked"
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.monotonic() + 20
+        while server.SIG_QUEUE.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    """
+)
+
+
+def test_sigterm_that_reaches_a_worker_before_its_handlers_still_stops_it(
+    run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
+) -> None:
+    (tmp_path / "boot_hook.py").write_text(BOOT_HOOK)
+    hook = str(tmp_path / "boot_hook.py")
+    server = launch(run_gunicorn, tmp_path, backend, "-w", "1", "-c", hook)
+    forked = tmp_path / "holding.forked"
+    deadline = time.monotonic() + 20
+    while not (forked.exists() and forked.read_text()):
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.02)  # polling for the hook's marker, with a deadline
+    worker = int(forked.read_text())
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    # A worker the arbiter had to SIGKILL after graceful_timeout logs nothing more.
+    assert f"Worker exiting (pid: {worker})" in server.log(), server.log()[-2000:]
+
+
 def test_sigterm_closes_idle_keep_alive_connections_at_once(
     run_gunicorn: list[Gunicorn], tmp_path: Path, backend: int
 ) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import queue
+import signal
 import ssl
 import sys
 from types import FrameType
@@ -101,6 +103,30 @@ class Response:
         self.sent = sent
 
 
+def _queued_by_the_arbiters_handler(handler: object) -> list[int]:
+    """The signals ``handler`` (the arbiter's, inherited over fork) queued in this process.
+
+    Empty when ``handler`` is not the arbiter's or its queue has another
+    shape than gunicorn's (a ``SimpleQueue`` in recent versions, a list in older ones).
+    """
+    pending = getattr(getattr(handler, "__self__", None), "SIG_QUEUE", None)
+    if isinstance(pending, list):
+        taken = [sig for sig in pending if isinstance(sig, int)]
+        pending.clear()
+        return taken
+    get_nowait = getattr(pending, "get_nowait", None)
+    if get_nowait is None:
+        return []
+    taken = []
+    while True:
+        try:
+            sig = get_nowait()
+        except queue.Empty:
+            return taken
+        if isinstance(sig, int):
+            taken.append(sig)
+
+
 #: Longest pause between two heartbeats (gunicorn's own timeout may be larger).
 HEARTBEAT_MAX_INTERVAL = 1.0
 
@@ -122,6 +148,26 @@ class Worker(_BaseWorker):  # type: ignore[misc]
     _post_request: Any
 
     # ------------------------------------------------------------- signals
+
+    def init_signals(self) -> None:
+        """gunicorn's handlers, plus the stop signals that came before them.
+
+        Between the fork and this call the arbiter's own handler, inherited,
+        is still in place: it queues a SIGTERM sent to a booting worker in
+        the child's copy of the arbiter, where nobody reads it, and the
+        worker would serve on until the arbiter's ``graceful_timeout`` ran
+        out and it was killed.  Those signals are taken from that copy and
+        handled here.  gunicorn's wake-up pipe is not the process's signal
+        wake-up fd here: the loop has its own (see ``socketloop._wakeup``).
+        """
+        inherited = signal.getsignal(signal.SIGTERM)
+        super().init_signals()
+        signal.set_wakeup_fd(-1)
+        for sig in _queued_by_the_arbiters_handler(inherited):
+            if sig == signal.SIGTERM:
+                self.handle_exit(sig, None)
+            elif sig in (signal.SIGINT, signal.SIGQUIT):
+                self.handle_quit(sig, None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A Python signal handler runs between bytecodes wherever the main
