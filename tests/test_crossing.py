@@ -277,6 +277,45 @@ def test_a_wake_up_written_after_the_loop_cleared_the_flag_does_not_make_it_spin
     assert steps < 20, f"the loop spun: {steps} steps in 0.1 s with nothing to do"
 
 
+def test_a_wake_up_that_lands_while_the_loop_empties_the_pipe_is_not_swallowed(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Interleaving: while the loop empties its wake-up pipe, a signal handler
+    # (between two bytecodes of the loop's own OS thread) queues a call.  The
+    # flag must not end up raised over an empty pipe: every later caller
+    # would then skip its write and a polling loop would sleep through it.
+    wakeup_fd = loop._wakeup.fd
+    real_read = os.read
+    interleaved: list[str] = []
+
+    def read_with_a_call_landing(fd: int, size: int) -> bytes:
+        if fd == wakeup_fd and not interleaved:
+            interleaved.append("queued")
+            loop.call_soon_threadsafe(interleaved.append, "ran")
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", read_with_a_call_landing)
+    loop.call_soon_threadsafe(lambda: None)
+    loop.step(0)  # empties the pipe; the call that landed meanwhile runs too
+    assert interleaved == ["queued", "ran"]
+    monkeypatch.setattr(os, "read", real_read)
+    keeper = loop.newthread(loop.sleep, 60)
+    ran = threading.Event()
+    woken: list[bool] = []
+
+    def pusher() -> None:
+        wait_until_polling(loop, WAIT)
+        loop.call_soon_threadsafe(ran.set)
+        woken.append(ran.wait(WAIT))  # the polling loop must run it, not sleep on
+        loop.call_soon_threadsafe(lambda: keeper.kill(block=False))
+
+    worker = start_os_thread(pusher)
+    loop.start(3 * WAIT)
+    worker.join(WAIT)
+    assert woken == [True], "the loop slept through a wake-up"
+    assert not keeper.is_alive()
+
+
 def test_call_soon_threadsafe_from_the_loops_own_thread_and_from_a_callback(loop: Loop) -> None:
     log: list[str] = []
 
