@@ -498,11 +498,10 @@ class Kernel(FdRegistry):
 
     def _drain_wakeup_if_reported(self, events: list[tuple[int, int]]) -> None:
         # Level-triggered backends report the wake-up fd until it is read.  A
-        # write that landed after the flag was cleared leaves it readable with
-        # the flag down; read it whenever it shows up, or poll() would spin.
-        # Raising the flag (rather than reading the pipe here) keeps the
-        # Wakeup rule: the pipe is emptied only by a clear() that is followed
-        # by a run of the whole queue, so no call queued meanwhile is missed.
+        # write that landed after the flag came down leaves it readable with
+        # the flag down, and poll() would spin.  Raising the flag makes this
+        # step empty it through clear(), which is followed by a run of the
+        # whole queue (the Wakeup rule), so no call queued meanwhile is missed.
         fd = self._wakeup.fd
         for event_fd, _ in events:
             if event_fd == fd:

@@ -87,10 +87,11 @@ class SignalHandlers:
         if signum not in self._previous:
             return False
         previous = self._previous.pop(signum)
-        try:
-            signal.signal(signum, previous)
-        except (ValueError, TypeError):  # pragma: no cover - not from the main OS thread
-            pass
+        if previous is not None:  # None: not installed from Python, nothing to put back
+            try:
+                signal.signal(signum, previous)
+            except ValueError:  # pragma: no cover - not from the main OS thread
+                pass
         return True
 
     def restore_all(self) -> None:
